@@ -1,0 +1,66 @@
+"""Typed config schemas (one module per Hydra group) composed into `RunConfig` and registered
+with Hydra's ConfigStore so YAML files under conf/ are validated against them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybridrec.config.comm import AllreduceConfig, CompressionConfig
+from hybridrec.config.data import DataConfig
+from hybridrec.config.model import ModelConfig
+from hybridrec.config.parallel import ParallelConfig
+from hybridrec.config.telemetry import TelemetryConfig
+from hybridrec.config.train import EvalConfig, TrainConfig
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    allreduce: AllreduceConfig = field(default_factory=AllreduceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    # where results go; under Hydra this is the run's output directory
+    output_dir: str = ""
+    # free-form name shown in tables (e.g. "hybrid tp2-pp2-dp2")
+    name: str = ""
+
+
+GROUP_SCHEMAS: dict[str, Any] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "parallel": ParallelConfig,
+    "compression": CompressionConfig,
+    "allreduce": AllreduceConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "telemetry": TelemetryConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schemas so `conf/config.yaml` and each group's YAML are type-checked."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for group, schema in GROUP_SCHEMAS.items():
+        store.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def to_run_config(cfg: Any) -> RunConfig:
+    """Turn a Hydra DictConfig (or plain dict) into a typed RunConfig."""
+    from omegaconf import OmegaConf
+
+    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+__all__ = [
+    "AllreduceConfig", "CompressionConfig", "DataConfig", "EvalConfig", "ModelConfig",
+    "ParallelConfig", "RunConfig", "TelemetryConfig", "TrainConfig", "register_configs", "to_run_config",
+]
