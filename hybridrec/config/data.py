@@ -9,13 +9,21 @@ from dataclasses import dataclass
 class DataConfig:
     # synthetic | ml100k | amazon2014 | amazon2018 | amazon2023
     source: str = "synthetic"
-    # file path for amazon formats (reviews json lines / ratings csv / jsonl); gzip or plain
+    # file path for amazon formats (2014: reviews json lines or ratings csv, detected from the content;
+    # 2018: json lines; 2023: jsonl); gzip or plain (magic bytes). ml100k: "" = recbole's bundled file
     path: str = ""
     # synthetic generator size: tiny | paper
     synthetic_scale: str = "tiny"
+    # seeds the synthetic generator and the fixed evaluation negatives
     seed: int = 0
     kcore: int = 5
     max_seq_len: int = 50
     # processed data is cached here as HDF5; empty = ~/.cache/hybridrec
     cache_dir: str = ""
+    # false: always rebuild (and rewrite) the cache file
+    use_cache: bool = True
     num_negatives: int = 100
+    # malformed input line: error (DataError naming file:line) | skip (count per reason in stats)
+    on_bad_line: str = "error"
+    # drop repeated (user, item) pairs, keeping the earliest
+    dedupe: bool = True
