@@ -1,4 +1,5 @@
-"""Schema of the `parallel/` config group: the tp x pp x dp layout and micro-batching."""
+"""Schema of the `parallel/` config group: the tp x pp x dp layout, micro-batching, launching and
+pipeline balancing knobs (read by `hybridrec.dist.layout`, `hybridrec.dist.env`, `hybridrec.train.balance`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ class ParallelConfig:
     micro_batch_size: int = 32
     # gloo on CPU, nccl on GPU; "auto" picks by device
     backend: str = "auto"
-    # pipeline stage balancing: uniform | adaptive
+    # seconds before a collective (and process-group start) gives up
+    timeout_s: float = 600.0
+    # megatron's batched p2p: null = auto (off when interleaved: wrong losses at pp=2, NOTES trap)
+    batch_p2p_comm: bool | None = None
+    # pipeline stage balancing: uniform | adaptive (profile layers, then choose per-stage layer counts)
     balance: str = "uniform"
+    # adaptive: re-balance when max/mean of measured stage times drifts this far above the plan's
+    rebalance_threshold: float = 0.15
+    # adaptive: also choose micro-batch size/count from stage times and the memory budget
+    dynamic_micro_batch: bool = False
+    # per-stage memory budget in MiB for the micro-batch chooser (0 = unlimited)
+    memory_budget_mb: float = 0.0
+    # profiling repetitions per piece (median is used)
+    profile_repeats: int = 3
     use_distributed_optimizer: bool = False
