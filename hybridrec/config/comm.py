@@ -1,8 +1,11 @@
-"""Schemas of the `compression/` and `allreduce/` groups: how data-parallel gradients travel."""
+"""Schemas of the `compression/` and `allreduce/` groups: how data-parallel gradients travel,
+plus `validate_comm` (pure cross-field checks, raising ConfigError)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from hybridrec.errors import ConfigError
 
 
 @dataclass
@@ -14,17 +17,72 @@ class CompressionConfig:
     error_feedback: bool = True
     # cross_rack | all : which hops are compressed
     hops: str = "cross_rack"
+    # sign1bit: elements per fp32 scale
+    chunk_size: int = 1024
 
 
 @dataclass
 class AllreduceConfig:
     # megatron (megatron DDP's own all-reduce) | flat | hierarchical
     algorithm: str = "megatron"
-    # rack map: slurm | config | single
+    # hierarchical only: leader (reduce to a rack leader, leaders all-reduce, broadcast; fastest on gloo)
+    # | reduce_scatter (ring reduce-scatter in the rack, all-reduce per shard column, all-gather)
+    variant: str = "leader"
+    # rack map: slurm (SLURM_TOPOLOGY_ADDR of every rank) | scontrol (`scontrol show topology`)
+    # | config (the `racks` mapping) | single (one rack)
     topology: str = "single"
     # used when topology=config: rack name -> list of hostnames
     racks: dict[str, list[str]] = field(default_factory=dict)
     bucket_mb: float = 25.0
-    # sync | async (bounded staleness)
+    # sync | async (bounded staleness) | local_sgd (parameter averaging every `local_sgd_period` steps)
     mode: str = "sync"
     staleness: int = 0
+    local_sgd_period: int = 8
+    # straggler knob for experiments: rank `straggler_rank` sleeps `straggler_delay_s` before its
+    # gradient sync every `straggler_every` steps (-1: off)
+    straggler_rank: int = -1
+    straggler_delay_s: float = 0.0
+    straggler_every: int = 1
+
+
+ALGORITHMS = ("megatron", "flat", "hierarchical")
+VARIANTS = ("leader", "reduce_scatter")
+TOPOLOGIES = ("slurm", "scontrol", "config", "single")
+MODES = ("sync", "async", "local_sgd")
+HOPS = ("cross_rack", "all")
+
+
+def validate_comm(allreduce: AllreduceConfig, compression: CompressionConfig, world_size: int | None = None) -> None:
+    """Refuse inconsistent communication settings before anything starts."""
+    checks = [
+        ("allreduce.algorithm", allreduce.algorithm, ALGORITHMS),
+        ("allreduce.variant", allreduce.variant, VARIANTS),
+        ("allreduce.topology", allreduce.topology, TOPOLOGIES),
+        ("allreduce.mode", allreduce.mode, MODES),
+        ("compression.hops", compression.hops, HOPS),
+    ]
+    for name, value, allowed in checks:
+        if value not in allowed:
+            raise ConfigError(name, value, f"one of {list(allowed)}")
+    if allreduce.bucket_mb <= 0:
+        raise ConfigError("allreduce.bucket_mb", allreduce.bucket_mb, "a positive bucket size in MiB")
+    if allreduce.staleness < 0:
+        raise ConfigError("allreduce.staleness", allreduce.staleness, "an integer >= 0 (0 = synchronous)")
+    if allreduce.mode == "local_sgd" and allreduce.local_sgd_period < 1:
+        raise ConfigError("allreduce.local_sgd_period", allreduce.local_sgd_period, "an integer >= 1")
+    if allreduce.straggler_every < 1:
+        raise ConfigError("allreduce.straggler_every", allreduce.straggler_every, "an integer >= 1")
+    if allreduce.straggler_delay_s < 0:
+        raise ConfigError("allreduce.straggler_delay_s", allreduce.straggler_delay_s, "seconds >= 0")
+    if world_size is not None and allreduce.straggler_rank >= world_size:
+        raise ConfigError("allreduce.straggler_rank", allreduce.straggler_rank, f"-1 or a rank < {world_size}")
+    if allreduce.topology == "config" and not allreduce.racks:
+        raise ConfigError("allreduce.racks", allreduce.racks, "a rack -> hostnames mapping when topology=config")
+    if allreduce.algorithm == "megatron":
+        if compression.codec != "none":
+            raise ConfigError(
+                "compression.codec", compression.codec,
+                "'none' with allreduce.algorithm=megatron (codecs need flat or hierarchical)",
+            )
+        if allreduce.mode != "sync":
+            raise ConfigError("allreduce.mode", allreduce.mode, "'sync' with allreduce.algorithm=megatron")

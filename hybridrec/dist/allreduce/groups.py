@@ -1,0 +1,137 @@
+"""Process groups for gradient all-reduce, created in ONE place (`build_comm_groups`), once.
+
+Pure arithmetic first (`plan_groups`: racks, rack leaders, shard columns for every data-parallel
+group, testable without processes), then `build_comm_groups` creates the torch groups. Every rank
+of the world must call it with the same arguments (torch's `new_group` is collective); it returns the
+groups of the calling rank.
+
+Shard columns (reduce-scatter variant): with P = the largest rack size, the bucket is cut into P
+near-equal columns; in a rack of m ranks, local rank l owns columns [l*P//m, (l+1)*P//m). Column c is
+all-reduced across racks by the owners of c, one per rack. This is correct for uneven racks: a rank
+of a small rack owns several columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.distributed as dist
+
+from hybridrec.errors import ConfigError
+from hybridrec.topology import RackMap
+
+
+@dataclass(frozen=True)
+class ColumnRun:
+    """Consecutive columns [lo, hi) that this rank reduces across racks with the same members."""
+
+    lo: int
+    hi: int
+    members: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Pure description of one data-parallel group's communication structure."""
+
+    group_ranks: tuple[int, ...]
+    racks: tuple[tuple[int, ...], ...]
+    num_columns: int
+
+    @property
+    def leaders(self) -> tuple[int, ...]:
+        return tuple(rack[0] for rack in self.racks)
+
+    def rack_of(self, rank: int) -> tuple[int, ...]:
+        return next(rack for rack in self.racks if rank in rack)
+
+    def owned_columns(self, rank: int) -> tuple[int, int]:
+        rack = self.rack_of(rank)
+        m, local = len(rack), rack.index(rank)
+        return local * self.num_columns // m, (local + 1) * self.num_columns // m
+
+    def column_owner(self, rack: Sequence[int], column: int) -> int:
+        m = len(rack)
+        return next(r for i, r in enumerate(rack) if i * self.num_columns // m <= column < (i + 1) * self.num_columns // m)
+
+    def column_members(self, column: int) -> tuple[int, ...]:
+        return tuple(sorted(self.column_owner(rack, column) for rack in self.racks))
+
+    def column_runs(self, rank: int) -> list[ColumnRun]:
+        lo, hi = self.owned_columns(rank)
+        runs: list[ColumnRun] = []
+        for c in range(lo, hi):
+            members = self.column_members(c)
+            if runs and runs[-1].members == members:
+                runs[-1] = ColumnRun(runs[-1].lo, c + 1, members)
+            else:
+                runs.append(ColumnRun(c, c + 1, members))
+        return runs
+
+    def all_column_member_sets(self) -> list[tuple[int, ...]]:
+        seen: list[tuple[int, ...]] = []
+        for c in range(self.num_columns):
+            members = self.column_members(c)
+            if members not in seen:
+                seen.append(members)
+        return seen
+
+
+def plan_groups(group_ranks: Sequence[int], rack_map: RackMap) -> GroupPlan:
+    racks = tuple(tuple(r) for r in rack_map.racks_of(list(group_ranks)))
+    return GroupPlan(tuple(sorted(group_ranks)), racks, max(len(r) for r in racks))
+
+
+@dataclass
+class CommGroups:
+    """The calling rank's view: its dp group, rack, leaders, shard columns and their torch groups."""
+
+    rank: int
+    rack_map: RackMap
+    plan: GroupPlan
+    group: Any  # dup of the dp group used only by GradSync (None when alone)
+    rack_group: Any
+    leader_group: Any  # only on rack leaders
+    column_groups: dict[tuple[int, ...], Any] = field(default_factory=dict)
+
+    @property
+    def group_ranks(self) -> tuple[int, ...]:
+        return self.plan.group_ranks
+
+    @property
+    def rack_ranks(self) -> tuple[int, ...]:
+        return self.plan.rack_of(self.rank)
+
+    @property
+    def leader(self) -> int:
+        return self.rack_ranks[0]
+
+
+def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMap, rank: int | None = None) -> CommGroups:
+    """Create every group for every dp group (collective over the world); return this rank's."""
+    rank = dist.get_rank() if rank is None else rank
+    covered = sorted(r for g in all_group_ranks for r in g)
+    if covered != list(range(rack_map.world_size)):
+        raise ConfigError("dp groups", [list(g) for g in all_group_ranks],
+                          f"groups covering every rank 0..{rack_map.world_size - 1} exactly once")
+    mine: CommGroups | None = None
+
+    def new(ranks: Sequence[int]) -> Any:
+        return dist.new_group(sorted(ranks), backend="gloo") if len(ranks) > 1 else None
+
+    for group_ranks in all_group_ranks:
+        plan = plan_groups(group_ranks, rack_map)
+        group = new(plan.group_ranks)
+        rack_groups = [new(rack) for rack in plan.racks]
+        leader_group = new(plan.leaders)
+        columns = {members: new(members) for members in plan.all_column_member_sets()}
+        if rank in plan.group_ranks:
+            rack_index = next(i for i, rack in enumerate(plan.racks) if rank in rack)
+            mine = CommGroups(
+                rank=rank, rack_map=rack_map, plan=plan, group=group, rack_group=rack_groups[rack_index],
+                leader_group=leader_group if rank in plan.leaders else None, column_groups=columns,
+            )
+    assert mine is not None
+    return mine

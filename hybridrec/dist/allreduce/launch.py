@@ -1,0 +1,48 @@
+"""Run a function on N local gloo processes (tests, loopback benchmarks): free port, spawn,
+init/destroy the process group, collect each rank's return value."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_dir: str, args: tuple,
+           env: dict[str, str], timeout_s: float) -> None:
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+        timeout=datetime.timedelta(seconds=timeout_s),
+    )
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, env: dict[str, str] | None = None,
+              timeout_s: float = 120.0) -> list[Any]:
+    """Call `fn(rank, world_size, *args)` on `world_size` spawned gloo processes; return the results
+    in rank order. `fn` must be importable (module level)."""
+    full_env = {"GLOO_SOCKET_IFNAME": "lo", **(env or {})}
+    with tempfile.TemporaryDirectory(prefix="hybridrec-ranks-") as out_dir:
+        mp.spawn(_entry, args=(fn, world_size, free_port(), out_dir, args, full_env, timeout_s),
+                 nprocs=world_size, join=True)
+        return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
