@@ -1,0 +1,188 @@
+"""One training step of the recommender with megatron-core's pipeline schedules.
+
+`Trainer` wraps this rank's model chunks in megatron's DistributedDataParallel, builds megatron's
+optimizer (Adam, optional distributed optimizer, gradient clipping) and runs
+`get_forward_backward_func()` (no pipelining, 1F1B, or interleaved 1F1B for vpp > 1) over the
+micro-batches of this rank's share of the global batch.
+
+The loss is normalised by the number of real (unmasked) labels in the whole global batch, so the
+gradient is the same for every tp x pp x dp layout and every micro-batch split: each micro-batch
+returns sum(token losses) * num_microbatches * dp / global_tokens; the schedule divides by
+num_microbatches and DDP averages over dp.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from hybridrec.config.train import TrainConfig
+from hybridrec.model.sasrec import attention_mask, position_ids
+
+
+class LayoutLike(Protocol):
+    tp: int
+    pp: int
+    vpp: int
+    dp: int
+    micro_batch_size: int
+    num_micro_batches: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows of training examples: inputs/labels int64 (n, seq), mask float (n, seq)."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+
+    def rows(self, start: int, stop: int) -> Batch:
+        return Batch(self.inputs[start:stop], self.labels[start:stop], self.mask[start:stop])
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.inputs.to(device), self.labels.to(device), self.mask.to(device))
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    loss: float  # mean cross entropy per real label over the global batch (same value on every rank)
+    grad_norm: float | None
+    update_successful: bool
+    seconds: float
+    samples: int  # global batch size
+
+
+def micro_batches(batch: Batch, num_microbatches: int) -> list[Batch]:
+    rows = batch.inputs.shape[0]
+    if rows % num_microbatches:
+        raise ValueError(f"{rows} rows do not split into {num_microbatches} micro-batches")
+    size = rows // num_microbatches
+    return [batch.rows(i * size, (i + 1) * size) for i in range(num_microbatches)]
+
+
+class Trainer:
+    """Owns DDP-wrapped chunks, the optimizer and the step function of one rank."""
+
+    def __init__(self, chunks: list[torch.nn.Module], tconfig: Any, layout: LayoutLike, train_cfg: TrainConfig,
+                 *, use_distributed_optimizer: bool = False, mask_padding_keys: bool = True,
+                 finalize_model_grads_func: Callable[..., None] | None = None, timers: Any = None):
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import (
+            DistributedDataParallel,
+            DistributedDataParallelConfig,
+            finalize_model_grads,
+        )
+        from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+        self.layout, self.tconfig, self.mask_padding_keys = layout, tconfig, mask_padding_keys
+        ddp_config = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+            use_distributed_optimizer=use_distributed_optimizer)
+        self.chunks = [DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk,
+                                               disable_bucketing=index > 0)
+                       for index, chunk in enumerate(chunks)]
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                            adam_beta1=0.9, adam_beta2=0.98, adam_eps=1e-8, clip_grad=train_cfg.clip_grad,
+                            use_distributed_optimizer=use_distributed_optimizer, params_dtype=torch.float32),
+            self.chunks)
+        tconfig.finalize_model_grads_func = finalize_model_grads_func or finalize_model_grads
+        tconfig.grad_scale_func = self.optimizer.scale_loss
+        if timers is not None:
+            tconfig.timers = timers
+        self.dp_group = ps.get_data_parallel_group()
+        self.pp_group = ps.get_pipeline_model_parallel_group()
+        self.is_last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
+        self.last_stage_rank = ps.get_pipeline_model_parallel_last_rank()
+        self.step = 0
+
+    # -- the step ---------------------------------------------------------------------------------
+    def _forward_step(self, scale: float) -> Callable:
+        def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
+            mb = next(data_iterator)
+            output = model(mb.inputs, position_ids(mb.inputs), attention_mask(mb.inputs, self.mask_padding_keys),
+                           labels=mb.labels)
+
+            def loss_func(token_loss: torch.Tensor):
+                loss_sum = (token_loss.float() * mb.mask).sum()
+                return loss_sum * scale, {"loss_sum": loss_sum.detach().clone()}
+
+            return output, loss_func
+
+        return forward_step
+
+    def train_step(self, batch: Batch) -> StepResult:
+        """One optimizer step on this rank's rows of the global batch."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        start = time.perf_counter()
+        lay = self.layout
+        tokens = batch.mask.sum().to(torch.float64).reshape(1)
+        dist.all_reduce(tokens, group=self.dp_group)
+        global_tokens = max(float(tokens.item()), 1.0)
+        scale = lay.num_micro_batches * lay.dp / global_tokens
+        mbs = micro_batches(batch, lay.num_micro_batches)
+        iterators: Any = [iter(mbs) for _ in self.chunks] if len(self.chunks) > 1 else iter(mbs)
+        for chunk in self.chunks:
+            chunk.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        reported = get_forward_backward_func()(
+            forward_step_func=self._forward_step(scale), data_iterator=iterators,
+            model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
+            num_microbatches=lay.num_micro_batches, seq_length=batch.inputs.shape[1],
+            micro_batch_size=mbs[0].inputs.shape[0], forward_only=False)
+        update_successful, grad_norm, _ = self.optimizer.step()
+        loss = self._global_mean_loss(reported, global_tokens, batch.inputs.device)
+        self.step += 1
+        return StepResult(step=self.step, loss=loss, grad_norm=None if grad_norm is None else float(grad_norm),
+                          update_successful=bool(update_successful), seconds=time.perf_counter() - start,
+                          samples=batch.inputs.shape[0] * lay.dp)
+
+    def _global_mean_loss(self, reported: list[dict], global_tokens: float, device: torch.device) -> float:
+        """Sum the (cloned) per-micro-batch loss sums over dp, divide by the global token count, and
+        send the value from the last pipeline stage to every stage."""
+        total = torch.zeros(1, dtype=torch.float64, device=device)
+        if self.is_last_stage:
+            for item in reported:
+                total += item["loss_sum"].to(torch.float64)
+            dist.all_reduce(total, group=self.dp_group)
+        if self.layout.pp > 1:
+            dist.broadcast(total, src=self.last_stage_rank, group=self.pp_group)
+        return float(total.item()) / global_tokens
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "step": self.step,
+            "model": [chunk.module.state_dict() for chunk in self.chunks],
+            "optimizer": self.optimizer.state_dict(),
+        }
+        if hasattr(self.optimizer, "get_parameter_state_dp_reshardable"):
+            state["optimizer_param_state"] = self.optimizer.get_parameter_state_dp_reshardable()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for chunk, chunk_state in zip(self.chunks, state["model"], strict=True):
+            current = chunk.module.state_dict()
+            with torch.no_grad():
+                for name, tensor in chunk_state.items():
+                    if isinstance(current.get(name), torch.Tensor):
+                        current[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer_param_state" in state:
+            self.optimizer.load_parameter_state_from_dp_reshardable(state["optimizer_param_state"])
+        self.step = int(state["step"])
+
+
+def format_progress(result: StepResult, elapsed_s: float, total_samples: int) -> str:
+    rate = total_samples / elapsed_s if elapsed_s > 0 else 0.0
+    norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.4f}"
+    return (f"step {result.step:6d}  loss {result.loss:.5f}  grad_norm {norm}  "
+            f"samples/s {rate:9.1f}  step_s {result.seconds:.3f}")
