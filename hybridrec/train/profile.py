@@ -1,0 +1,271 @@
+"""Measure the real megatron model pieces on one process: per-piece and per-stage forward+backward time
+and memory, the inputs of `hybridrec.train.balance`.
+
+Pieces of the recommender (a megatron-core GPTModel, local spec): the item + position embedding (first
+stage), each transformer layer, and the final norm + tied output layer + vocab-parallel cross entropy
+(last stage). With a large item vocabulary the first and last pieces are heavy. Times are the minimum of
+`repeats` runs after a warm-up (interference only adds time, so the minimum is the steadiest estimate
+of a piece's own cost). On a CPU run with one torch thread the clock is the process CPU time
+(`time.process_time`), which does not count time the process waits for a core on a shared machine;
+otherwise wall time (after a CUDA synchronize on GPU); memory is parameter bytes and the bytes autograd saves for backward
+(counted with `torch.autograd.graph.saved_tensors_hooks`, parameters excluded).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from hybridrec.train.balance import ModelCosts, PieceCost
+
+
+@dataclass(frozen=True)
+class ProfileShape:
+    vocab_size: int
+    seq_len: int
+    micro_batch_size: int
+
+
+def transformer_config(model_cfg: Any, pp: int = 1, first: int | None = None, last: int | None = None,
+                       tp: int = 1, **extra: Any):
+    """A megatron TransformerConfig for CPU or GPU runs of the recommender (fusions off)."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    from hybridrec.dist import backend
+
+    return TransformerConfig(
+        num_layers=model_cfg.num_layers, hidden_size=model_cfg.hidden_size,
+        num_attention_heads=model_cfg.num_attention_heads, ffn_hidden_size=model_cfg.ffn_hidden_size,
+        hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout,
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        num_layers_in_first_pipeline_stage=first if pp > 1 else None,
+        num_layers_in_last_pipeline_stage=last if pp > 1 else None,
+        pipeline_dtype=torch.float32, params_dtype=torch.float32,
+        use_cpu_initialization=backend.is_cpu(), bias_dropout_fusion=False, masked_softmax_fusion=False,
+        gradient_accumulation_fusion=False, apply_rope_fusion=False, persist_layer_norm=False, **extra,
+    )
+
+
+def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = True, post_process: bool = True):
+    """This rank's GPTModel piece (the whole model when pp = 1)."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.models.gpt.gpt_model import GPTModel
+
+    from hybridrec.dist import backend
+
+    model = GPTModel(config=tconfig, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=vocab_size,
+                     max_sequence_length=seq_len, pre_process=pre_process, post_process=post_process,
+                     parallel_output=True, share_embeddings_and_output_weights=True,
+                     position_embedding_type="learned_absolute")
+    return model.to(backend.device())
+
+
+@contextlib.contextmanager
+def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[None]:
+    """A world of one (gloo) with megatron's parallel state at tp = pp = 1, torn down afterwards."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from hybridrec.dist import backend
+    from hybridrec.dist.env import free_port
+
+    backend.setup(device)
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        ps.initialize_model_parallel(1, 1)
+        torch.manual_seed(seed)
+        model_parallel_cuda_manual_seed(seed)
+        yield
+    finally:
+        ps.destroy_model_parallel()
+        if created:
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- pieces as functions
+def _inputs(shape: ProfileShape, seed: int = 0) -> dict[str, torch.Tensor]:
+    from hybridrec.dist import backend
+
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, shape.vocab_size, (shape.micro_batch_size, shape.seq_len), generator=gen)
+    labels = torch.randint(1, shape.vocab_size, (shape.micro_batch_size, shape.seq_len), generator=gen)
+    causal = torch.triu(torch.ones(shape.seq_len, shape.seq_len, dtype=torch.bool), diagonal=1)
+    dev = backend.device()
+    return {
+        "ids": ids.to(dev), "labels": labels.to(dev),
+        "positions": torch.arange(shape.seq_len).unsqueeze(0).expand_as(ids).contiguous().to(dev),
+        "mask": causal.view(1, 1, shape.seq_len, shape.seq_len).to(dev),
+        "loss_mask": torch.ones(shape.micro_batch_size, shape.seq_len).to(dev),
+    }
+
+
+def _piece_fns(model: Any, inputs: dict[str, torch.Tensor]) -> list[tuple[str, Callable, list[torch.nn.Parameter]]]:
+    """(name, fn(hidden) -> tensor, parameters) for embedding, each layer, output + loss."""
+    out: list[tuple[str, Callable, list[torch.nn.Parameter]]] = []
+    out.append(("embedding", lambda _x: model.embedding(input_ids=inputs["ids"], position_ids=inputs["positions"]),
+                list(model.embedding.parameters())))
+    for index, layer in enumerate(model.decoder.layers):
+        out.append((f"layer{index}", _layer_fn(layer, inputs["mask"]), list(layer.parameters())))
+
+    def output(x: torch.Tensor) -> torch.Tensor:
+        x = model.decoder.final_layernorm(x)
+        logits, _ = model.output_layer(x, weight=model.shared_embedding_or_output_weight())
+        loss = model.compute_language_model_loss(inputs["labels"], logits)
+        return (loss * inputs["loss_mask"]).sum() / inputs["loss_mask"].sum()
+
+    # under pp > 1 the last stage holds its own copy of the tied item embedding
+    out.append(("output", output, [model.shared_embedding_or_output_weight(),
+                                   *model.decoder.final_layernorm.parameters()]))
+    return out
+
+
+def _layer_fn(layer: Any, mask: torch.Tensor) -> Callable:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        hidden = layer(hidden_states=x, attention_mask=mask)
+        return hidden[0] if isinstance(hidden, tuple) else hidden
+
+    return run
+
+
+def _hidden(shape: ProfileShape, hidden_size: int) -> torch.Tensor:
+    from hybridrec.dist import backend
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape.seq_len, shape.micro_batch_size, hidden_size, generator=gen) * 0.02
+    return x.to(backend.device())
+
+
+def _run_fwd_bwd(fns: list[Callable], x0: torch.Tensor | None, count_saved: bool,
+                 param_ptrs: set[int]) -> tuple[float, int]:
+    """Forward through `fns` then backward; returns (seconds, saved activation bytes)."""
+    saved: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if count_saved and t.data_ptr() not in param_ptrs:
+            key = (t.untyped_storage().data_ptr(), t.untyped_storage().nbytes())
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    clock = _clock()
+    _sync()
+    start = clock()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        x = None if x0 is None else x0.detach().requires_grad_(True)
+        for fn in fns:
+            x = fn(x)
+    assert x is not None
+    if x.dim() == 0:
+        x.backward()
+    else:
+        x.backward(torch.ones_like(x) * 1e-3)
+    _sync()
+    return clock() - start, sum(saved.values())
+
+
+def _clock() -> Callable[[], float]:
+    """Process CPU time for single-threaded CPU runs (robust to a loaded machine), else wall time."""
+    if not torch.cuda.is_available() and torch.get_num_threads() == 1:
+        return time.process_time
+    return time.perf_counter
+
+
+def clock_name() -> str:
+    return "process CPU time" if _clock() is time.process_time else "wall time"
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _best_time(fns: list[Callable], x0: torch.Tensor | None, repeats: int, warmup: int,
+                 param_ptrs: set[int], model: Any) -> tuple[float, int]:
+    activation = 0
+    for i in range(warmup):
+        _, activation = _run_fwd_bwd(fns, x0, count_saved=(i == 0), param_ptrs=param_ptrs)
+        model.zero_grad(set_to_none=True)
+    times = []
+    for _ in range(repeats):
+        seconds, _ = _run_fwd_bwd(fns, x0, count_saved=False, param_ptrs=param_ptrs)
+        model.zero_grad(set_to_none=True)
+        times.append(seconds)
+    return min(times), activation
+
+
+def profile_pieces(model: Any, shape: ProfileShape, repeats: int = 3, warmup: int = 1) -> ModelCosts:
+    """Forward + backward time and memory of every piece of a full (pp = 1) GPTModel."""
+    inputs = _inputs(shape)
+    x0 = _hidden(shape, model.config.hidden_size)
+    ptrs = {p.data_ptr() for p in model.parameters()}
+    pieces = []
+    for name, fn, params in _piece_fns(model, inputs):
+        start = None if name == "embedding" else x0
+        seconds, activation = _best_time([fn], start, repeats, max(warmup, 1), ptrs, model)
+        param_bytes = sum(p.numel() * p.element_size() for p in params)
+        pieces.append(PieceCost(name, seconds, param_bytes, activation))
+    return ModelCosts(pieces[0], tuple(pieces[1:-1]), pieces[-1], shape.micro_batch_size)
+
+
+def measure_stage_times(model: Any, shape: ProfileShape, layers_per_stage: list[int], repeats: int = 3,
+                        warmup: int = 1) -> list[float]:
+    """Measured forward + backward seconds of each stage's pieces run together (one micro-batch)."""
+    return measure_partitions(model, shape, [layers_per_stage], repeats, warmup)[0]
+
+
+def measure_partitions(model: Any, shape: ProfileShape, partitions: list[list[int]], repeats: int = 3,
+                       warmup: int = 1) -> list[list[float]]:
+    """Stage times of several partitions, measured in alternating rounds so load changes hit all alike."""
+    inputs = _inputs(shape)
+    x0 = _hidden(shape, model.config.hidden_size)
+    ptrs = {p.data_ptr() for p in model.parameters()}
+    fns = [fn for _, fn, _ in _piece_fns(model, inputs)]
+    embedding, layers, output = fns[0], fns[1:-1], fns[-1]
+    plans = []
+    for split in partitions:
+        if sum(split) != len(layers):
+            raise ValueError(f"partition {split} does not cover {len(layers)} layers")
+        stages, start = [], 0
+        for stage, count in enumerate(split):
+            stage_fns = list(layers[start:start + count])
+            start += count
+            if stage == 0:
+                stage_fns.insert(0, embedding)
+            if stage == len(split) - 1:
+                stage_fns.append(output)
+            stages.append((stage_fns, None if stage == 0 else x0))
+        plans.append(stages)
+    best = [[float("inf")] * len(split) for split in partitions]
+    for round_index in range(warmup + repeats):
+        for p_index, stages in enumerate(plans):
+            for s_index, (stage_fns, start_x) in enumerate(stages):
+                seconds, _ = _run_fwd_bwd(stage_fns, start_x, count_saved=False, param_ptrs=ptrs)
+                model.zero_grad(set_to_none=True)
+                if round_index >= warmup:
+                    best[p_index][s_index] = min(best[p_index][s_index], seconds)
+    return best
+
+
+def profile_model(model_cfg: Any, shape: ProfileShape, repeats: int = 3, seed: int = 1234,
+                  threads: int | None = None) -> ModelCosts:
+    """Build the full model on this process and profile it (a world of one)."""
+    if threads:
+        torch.set_num_threads(threads)
+    with single_process_megatron(seed):
+        model = build_gpt(transformer_config(model_cfg), shape.vocab_size, shape.seq_len)
+        return profile_pieces(model, shape, repeats)
+
+
+def describe(costs: ModelCosts) -> str:
+    rows = [f"{p.name:>10}: {p.time_s * 1e3:8.2f} ms  params {p.param_bytes / 2**20:7.2f} MiB  "
+            f"saved {p.activation_bytes / 2**20:7.2f} MiB"
+            for p in (costs.embedding, *costs.layers, costs.output)]
+    return f"per-piece fwd+bwd at micro-batch {costs.micro_batch_size} (pid {os.getpid()}):\n" + "\n".join(rows)
