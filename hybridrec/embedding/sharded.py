@@ -142,7 +142,7 @@ class _ShardedLookup(torch.autograd.Function):
             table.counter.lookup += LookupBytes(gradients=ctx.others_send * table.dim * grad_out.element_size())
         grad_served = grad_served / table.sharding.num_shards
         grad_weight = torch.sparse_coo_tensor(ctx.local.unsqueeze(0), grad_served,
-                                              size=(table.local_rows, table.dim))
+                                              size=(table.local_rows, table.dim), check_invariants=False)
         return grad_weight, None, None
 
 
@@ -238,7 +238,8 @@ class ShardedEmbedding(torch.nn.Module):
         self.counter.replica_values += buffer.numel() * buffer.element_size()
         self.replica_sync.sync_([buffer])
         self.weight.grad = torch.sparse_coo_tensor(union.unsqueeze(0), buffer,
-                                                   size=(self.local_rows, self.dim)).coalesce()
+                                                   size=(self.local_rows, self.dim),
+                                                   check_invariants=False).coalesce()
 
     @torch.no_grad()
     def sync_replica_weights(self, optimizer: torch.optim.Optimizer | None = None) -> None:
