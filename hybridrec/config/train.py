@@ -14,9 +14,13 @@ class TrainConfig:
     clip_grad: float = 1.0
     seed: int = 1234
     log_every: int = 20
+    # save a checkpoint every N steps (0 = only at the end, when save_final is set)
     checkpoint_every: int = 0
+    save_final: bool = True
     # directory of a checkpoint to resume from ("" = start fresh, "auto" = latest in the output dir)
     resume: str = ""
+    # auto | cpu | cuda
+    device: str = "auto"
 
 
 @dataclass
@@ -26,3 +30,7 @@ class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["full", "uni100", "pop100"])
     split: str = "test"
     batch_size: int = 256
+    # full ranking: drop the user's history items from the candidates (SASRec keeps them)
+    exclude_history: bool = False
+    # also evaluate the most-popular baseline with the same protocols (rank 0, numpy)
+    baseline: bool = True

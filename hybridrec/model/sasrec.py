@@ -38,8 +38,12 @@ class ModelShape:
     num_items: int
 
 
-def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str, **extra: Any):
-    """megatron TransformerConfig for this model and layout (fusions off; CPU init on CPU)."""
+def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str,
+                       batch_p2p_comm: bool | None = None, **extra: Any):
+    """megatron TransformerConfig for this model and layout (fusions off; CPU init on CPU).
+
+    batch_p2p_comm None = auto: off for interleaved schedules (silently wrong at pp=2, NOTES trap).
+    """
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     if cfg.hidden_size % cfg.num_attention_heads:
@@ -48,6 +52,11 @@ def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str
     if cfg.num_attention_heads % tp:
         raise ConfigError("parallel.tp", tp, f"a divisor of model.num_attention_heads={cfg.num_attention_heads}")
     interleaved = vpp > 1
+    if batch_p2p_comm is None:
+        batch_p2p_comm = not interleaved
+    elif batch_p2p_comm and interleaved and pp == 2:
+        raise ConfigError("parallel.batch_p2p_comm", batch_p2p_comm,
+                          "false or null with interleaving at pp=2 (megatron swaps activations and gradients)")
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
@@ -64,8 +73,7 @@ def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str
         pipeline_dtype=torch.float32,
         params_dtype=torch.float32,
         use_cpu_initialization=device == "cpu",
-        # interleaved + batched p2p is silently wrong at pp=2 (NOTES.md section 1 trap)
-        batch_p2p_comm=not interleaved,
+        batch_p2p_comm=batch_p2p_comm,
         bias_dropout_fusion=False,
         masked_softmax_fusion=False,
         gradient_accumulation_fusion=False,

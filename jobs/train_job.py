@@ -1,0 +1,31 @@
+"""Hydra entry point: `python -m jobs.train_job [overrides]` trains, evaluates and writes summary.json
+into Hydra's output directory (one rank per process; torchrun/Slurm variables give the rank)."""
+
+from __future__ import annotations
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from hybridrec.config import register_configs, to_run_config
+from hybridrec.main import run
+
+register_configs()
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> dict:
+    run_cfg = to_run_config(cfg)
+    if not run_cfg.output_dir:
+        run_cfg.output_dir = HydraConfig.get().runtime.output_dir
+    summary = run(run_cfg)
+    if summary.get("layout") and summary.get("status") == "done":
+        for protocol, row in summary["metrics"].items():
+            base = summary.get("baseline_most_popular", {}).get(protocol, {})
+            cells = "  ".join(f"{k} {v:.4f} (pop {base.get(k, float('nan')):.4f})" for k, v in row.items())
+            print(f"{protocol:7s} {cells}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
