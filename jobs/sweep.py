@@ -1,0 +1,144 @@
+"""State of a detached sweep, from its directory and Slurm: `python -m jobs.sweep status|collect DIR`.
+
+A point is `queued` or `running` while Slurm lists its job (squeue), `done` when rank 0 wrote its
+summary.json, `failed` with a reason otherwise: the first error a rank reported through submitit
+(its result pickle), Slurm's accounting when there is a slurmdbd (sacct), or "left the queue without a
+result" plus the tail of the job's log. Without slurmdbd (`sacct` fails) the state is inferred from
+result files and squeue alone. The state logic (`point_state`) is pure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from jobs.submit import MANIFEST
+
+SQUEUE_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STOPPED", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
+
+
+def point_state(squeue_state: str | None, summary: Mapping[str, Any] | None, task_errors: list[str],
+                sacct_state: str | None, log_tail: str) -> tuple[str, str]:
+    """(state, reason) of one point from what could be observed. Pure."""
+    if summary is not None and summary.get("status", "done") == "done":
+        return "done", ""
+    if squeue_state is not None:
+        if squeue_state in SQUEUE_RUNNING:
+            return "running", ""
+        return "queued", squeue_state.lower()
+    if summary is not None:
+        return "failed", str(summary.get("error") or f"summary status {summary.get('status')}")
+    if task_errors:
+        more = f" (then {len(task_errors) - 1} other rank(s) failed)" if len(task_errors) > 1 else ""
+        return "failed", task_errors[0] + more
+    if sacct_state and sacct_state not in ("RUNNING", "PENDING", "COMPLETED"):
+        return "failed", f"slurm: {sacct_state}"
+    return "failed", "left the queue without a result" + (f"; log: {log_tail}" if log_tail else "")
+
+
+def _squeue(env: Mapping[str, str] | None) -> dict[str, str]:
+    """job id (array ids as 12_3) -> state, for every job Slurm still lists."""
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
+                          env=dict(env) if env else None, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"squeue failed: {proc.stderr.strip()}")
+    return dict(line.split("|", 1) for line in proc.stdout.splitlines() if "|" in line)
+
+
+def _sacct(job_id: str, env: Mapping[str, str] | None) -> str | None:
+    """State from Slurm accounting, or None without slurmdbd ('accounting storage is disabled')."""
+    proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
+                          text=True, timeout=30, env=dict(env) if env else None, check=False)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return None
+    return proc.stdout.split()[0]
+
+
+def _task_errors(folder: Path, job_id: str) -> list[str]:
+    """Errors reported by the ranks of a submitit job (their result pickles), earliest first: the rank
+    that failed first is the cause, the others usually saw its connection close."""
+    errors = []
+    for path in sorted(folder.glob(f"{job_id}_*_result.pkl"), key=lambda p: p.stat().st_mtime_ns):
+        try:
+            with open(path, "rb") as handle:
+                outcome, payload = pickle.load(handle)
+        except Exception:  # noqa: BLE001, S112 - a half-written or foreign pickle is no evidence
+            continue
+        if outcome == "error":
+            rank = path.name[len(job_id) + 1:].split("_")[0]
+            lines = [line for line in str(payload).strip().splitlines() if line.strip()]
+            errors.append(f"rank {rank}: {lines[-1] if lines else 'error'}")
+    return errors
+
+
+def _log_tail(folder: Path, job_id: str, lines: int = 3) -> str:
+    for name in (f"{job_id}_0_log.err", f"{job_id}_0_log.out"):
+        path = folder / name
+        if path.exists():
+            tail = [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-lines:]
+            return " | ".join(tail)
+    return ""
+
+
+def status(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    manifest = json.loads((Path(sweep_dir) / MANIFEST).read_text())
+    folder = Path(manifest["submitit_folder"])
+    queue = _squeue(env)
+    rows = []
+    for point in manifest["points"]:
+        job_id = point["job_id"]
+        summary_path = Path(point["dir"]) / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+        in_queue = queue.get(job_id)
+        finished = summary is None and in_queue is None
+        state, reason = point_state(
+            in_queue, summary,
+            _task_errors(folder, job_id) if finished else [],
+            _sacct(job_id, env) if finished else None,
+            _log_tail(folder, job_id) if finished else "",
+        )
+        rows.append({"index": point["index"], "job_id": job_id, "overrides": point["overrides"],
+                     "state": state, "reason": reason, "dir": point["dir"]})
+    return rows
+
+
+def collect(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """The summary of every done point, with its overrides and job id."""
+    out = []
+    for row in status(sweep_dir, env):
+        if row["state"] == "done":
+            summary = json.loads((Path(row["dir"]) / "summary.json").read_text())
+            out.append({"index": row["index"], "job_id": row["job_id"], "overrides": row["overrides"], **summary})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("action", choices=["status", "collect"])
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    args = parser.parse_args(argv)
+    if not (args.sweep_dir / MANIFEST).exists():
+        print(f"no {MANIFEST} in {args.sweep_dir}", file=sys.stderr)
+        return 2
+    if args.action == "status":
+        rows = status(args.sweep_dir)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for row in [] if args.json else rows:
+            reason = f"  ({row['reason']})" if row["reason"] else ""
+            print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}\t{' '.join(row['overrides'])}")
+        return 0 if all(row["state"] != "failed" for row in rows) else 1
+    rows = collect(args.sweep_dir)
+    print(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

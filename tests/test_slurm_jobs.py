@@ -1,0 +1,177 @@
+"""Real jobs on the private Slurm cluster (marker `slurm`): multi-node gloo all-reduce, rack map from
+SLURM_TOPOLOGY_ADDR, a detached sweep outliving its submitter, a crashing rank, a refused sweep,
+preemption -> checkpoint -> requeue -> resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from hybridrec.errors import ConfigError
+from jobs import submit as submit_mod
+from jobs import sweep as sweep_mod
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+PROBE = "jobs.probe:probe"
+
+
+@pytest.fixture
+def probe_conf(tmp_path: Path) -> Path:
+    """A minimal primary config for the probe job (the repo's conf/hydra/launcher is on the search path)."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "config.yaml").write_text(
+        "train:\n  steps: 0\n  global_batch_size: 128\nparallel:\n  tp: 1\n  micro_batch_size: 16\n"
+        "probe:\n  step_seconds: 0.0\n  crash_rank: -1\n  crash_step: 0\n  timeout_s: 60\n"
+    )
+    return conf
+
+
+def _sweep_dir(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def wait_states(sweep_dir: Path, env: dict, done: set[str], timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = sweep_mod.status(sweep_dir, env)
+        if all(row["state"] in done for row in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def test_two_nodes_two_tasks_allreduce_across_nodes_and_racks_from_topology(slurm_env, probe_conf, tmp_path):
+    start = time.monotonic()
+    sweep_dir = _sweep_dir(tmp_path, "ar")
+    manifest = submit_mod.submit(
+        sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2"],
+        task=PROBE, config_dir=probe_conf, env=slurm_env,
+    )
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"})
+    round_trip = time.monotonic() - start
+    assert [row["state"] for row in rows] == ["done"], rows
+    summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
+    assert summary["world_size"] == 4
+    assert summary["allreduce_value"] == 1 + 2 + 3 + 4
+    assert len(set(summary["hosts"])) == 2 and summary["hosts"][0] == summary["hosts"][1]
+    # rack map built from each rank's SLURM_TOPOLOGY_ADDR (spine.rackX.nY, tree topology)
+    assert all(addr.startswith("spine.rack") for addr in summary["topology_addrs"])
+    expected_racks = ["rack1" if host in ("n1", "n2") else "rack2" for host in summary["hosts"]]
+    assert summary["racks"] == expected_racks
+    (tmp_path.parent / "slurm_round_trip_s.txt").write_text(f"{round_trip:.2f}\n")
+    print(f"job round trip (submit -> summary.json seen by status): {round_trip:.2f} s")
+
+
+def test_detached_sweep_survives_submitter_exit_and_reports_status(slurm_env, probe_conf, tmp_path):
+    sweep_dir = _sweep_dir(tmp_path, "detached")
+    argv = [sys.executable, "-m", "jobs.submit", "--sweep-dir", str(sweep_dir), "--task", PROBE,
+            "--config-dir", str(probe_conf), "hydra/launcher=slurm", "hydra.launcher.nodes=1",
+            "train.steps=8", "probe.step_seconds=0.25", "probe.crash_rank=-1,0"]
+    submitted = subprocess.run(argv, env=slurm_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+                               check=False)
+    assert submitted.returncode == 0, submitted.stderr
+    # the submitting process is gone; the jobs live on in Slurm
+    first = {row["index"]: row["state"] for row in sweep_mod.status(sweep_dir, slurm_env)}
+    assert set(first.values()) <= {"queued", "running", "done"}, first
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"})
+    assert [row["state"] for row in rows] == ["done", "failed"], rows
+    assert "crashes on purpose" in rows[1]["reason"]
+    cli = subprocess.run([sys.executable, "-m", "jobs.sweep", "status", str(sweep_dir)], env=slurm_env, cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert cli.returncode == 1 and "done" in cli.stdout and "failed" in cli.stdout, cli.stdout + cli.stderr
+    collected = sweep_mod.collect(sweep_dir, slurm_env)
+    assert [row["index"] for row in collected] == [0] and collected[0]["steps"] == 8
+
+
+def test_crashing_rank_fails_the_job_quickly_without_hang(slurm_env, probe_conf, tmp_path):
+    sweep_dir = _sweep_dir(tmp_path, "crash")
+    start = time.monotonic()
+    submit_mod.submit(
+        sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1",
+                    "train.steps=50", "probe.step_seconds=0.1", "probe.crash_rank=1", "probe.crash_step=3",
+                    "probe.timeout_s=600"],
+        task=PROBE, config_dir=probe_conf, env=slurm_env,
+    )
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=90)
+    elapsed = time.monotonic() - start
+    assert rows[0]["state"] == "failed", rows
+    assert "rank 1" in rows[0]["reason"] and "crashes on purpose" in rows[0]["reason"], rows
+    # the surviving rank did not wait for its 600 s collective timeout
+    assert elapsed < 60, elapsed
+
+
+def test_impossible_request_is_refused_before_anything_is_queued(slurm_env, probe_conf, tmp_path):
+    sweep_dir = _sweep_dir(tmp_path, "refused")
+    before = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True,
+                            check=True).stdout
+    with pytest.raises(ConfigError) as refused:
+        submit_mod.submit(
+            sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=8", "hydra.launcher.partition=debug",
+                        "parallel.tp=1,3"],
+            task=PROBE, config_dir=probe_conf, env=slurm_env,
+        )
+    message = str(refused.value)
+    assert "nodes=8 but partition 'debug' has 4 nodes" in message
+    assert "point 1 ['parallel.tp=3']" in message  # the config of one point is refused too
+    assert not (sweep_dir / "sweep.json").exists()
+    after = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True,
+                           check=True).stdout
+    assert after == before
+    with pytest.raises(ConfigError, match="partition 'nope' does not exist"):
+        submit_mod.submit(sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.partition=nope"],
+                          task=PROBE, config_dir=probe_conf, env=slurm_env)
+
+
+def _steps(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_preemption_signal_checkpoints_requeues_and_resumes_with_one_result(slurm_env, probe_conf, tmp_path):
+    sweep_dir = _sweep_dir(tmp_path, "preempt")
+    steps = 30
+    manifest = submit_mod.submit(
+        sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", f"train.steps={steps}",
+                    "probe.step_seconds=0.2"],
+        task=PROBE, config_dir=probe_conf, env=slurm_env,
+    )
+    job_id, out = manifest["points"][0]["job_id"], Path(manifest["points"][0]["dir"])
+    first = out / "steps.attempt0.txt"
+    deadline = time.monotonic() + 60
+    while len(_steps(first)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_steps(first)) >= 3, "job did not start stepping"
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True, timeout=30)
+    # Slurm holds a requeued job for ~2 min (BeginTime); release it at once for the test
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=slurm_env, capture_output=True,
+                               text=True, check=False).stdout.strip()
+        if state.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env,
+                           check=True, timeout=30)
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"job {job_id} was not requeued (last state {state!r})")
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=90)
+    assert rows[0]["state"] == "done", rows
+    before, after = _steps(first), _steps(out / "steps.attempt1.txt")
+    checkpoint = json.loads((out / "probe_checkpoint.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    # the checkpoint was taken when the signal arrived (not a periodic one), the rerun started right after it
+    assert checkpoint["next_step"] == before[-1] + 1 == after[0] == summary["resumed_from"]
+    assert summary["attempt"] == 1
+    # every step ran exactly once across both attempts: none redone, none lost
+    assert before + after == list(range(steps))
+    # exactly one result: one summary, and one successful submitit result per rank
+    assert len(list(out.glob("summary*.json"))) == 1
+    results = sorted(p.name for p in Path(manifest["submitit_folder"]).glob(f"{job_id}_*_result.pkl"))
+    assert results == [f"{job_id}_0_result.pkl", f"{job_id}_1_result.pkl"]
