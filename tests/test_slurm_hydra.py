@@ -63,5 +63,5 @@ def test_three_point_hydra_sweep_runs_as_one_array_of_two_node_jobs(slurm_env, t
     assert "export HYBRIDREC_MASTER_PORT=" in text and "export SLURM_KILL_BAD_EXIT=1" in text
     # submitit's per-job folders: the array's own id (its submission script) and one per element
     array = scripts[0].parent.name
-    job_dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if "_" in p.name)
+    job_dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert job_dirs == [f"{array}_{i}" for i in range(3)]
