@@ -38,11 +38,12 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, env: dict[str, str] | None = None,
-              timeout_s: float = 120.0) -> list[Any]:
-    """Call `fn(rank, world_size, *args)` on `world_size` spawned gloo processes; return the results
-    in rank order. `fn` must be importable (module level)."""
+              timeout_s: float = 120.0, start_method: str = "fork") -> list[Any]:
+    """Call `fn(rank, world_size, *args)` on `world_size` gloo processes; return the results in rank
+    order. `fork` (default) skips re-importing torch in every child (seconds each on a loaded
+    machine); use `spawn` when the parent has started threads that must not be forked."""
     full_env = {"GLOO_SOCKET_IFNAME": "lo", **(env or {})}
     with tempfile.TemporaryDirectory(prefix="hybridrec-ranks-") as out_dir:
-        mp.spawn(_entry, args=(fn, world_size, free_port(), out_dir, args, full_env, timeout_s),
-                 nprocs=world_size, join=True)
+        mp.start_processes(_entry, args=(fn, world_size, free_port(), out_dir, args, full_env, timeout_s),
+                           nprocs=world_size, join=True, start_method=start_method)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
