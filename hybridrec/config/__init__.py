@@ -8,6 +8,7 @@ from typing import Any
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
 from hybridrec.config.data import DataConfig
+from hybridrec.config.embedding import EmbeddingConfig
 from hybridrec.config.model import ModelConfig
 from hybridrec.config.parallel import ParallelConfig
 from hybridrec.config.telemetry import TelemetryConfig
@@ -24,6 +25,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     # where results go; under Hydra this is the run's output directory
     output_dir: str = ""
     # free-form name shown in tables (e.g. "hybrid tp2-pp2-dp2")
@@ -39,6 +41,7 @@ GROUP_SCHEMAS: dict[str, Any] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "telemetry": TelemetryConfig,
+    "embedding": EmbeddingConfig,
 }
 
 
@@ -61,6 +64,6 @@ def to_run_config(cfg: Any) -> RunConfig:
 
 
 __all__ = [
-    "AllreduceConfig", "CompressionConfig", "DataConfig", "EvalConfig", "ModelConfig",
+    "AllreduceConfig", "CompressionConfig", "DataConfig", "EmbeddingConfig", "EvalConfig", "ModelConfig",
     "ParallelConfig", "RunConfig", "TelemetryConfig", "TrainConfig", "register_configs", "to_run_config",
 ]
