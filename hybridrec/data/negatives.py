@@ -17,39 +17,53 @@ import numpy as np
 from hybridrec.errors import ConfigError
 
 PROTOCOLS = ("uni100", "pop100")
-CHUNK_USERS = 16_384
+SPLITS = ("valid", "test")
+# users per chunk: a (chunk, num_items + 1) bool table of used items of about 32 MiB
+CHUNK_CELLS = 32 * 2**20
+# candidate blocks drawn per chunk before the remaining rows fall back to exact sampling
+MAX_BLOCKS = 8
 
 
 def _rng(seed: int, protocol: str, split: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(protocol.encode()), zlib.crc32(split.encode())])
 
 
-def _history_keys(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
-    users = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-    return np.unique(users * (num_items + 1) + items.astype(np.int64))
-
-
-def _draw(rng: np.random.Generator, shape: tuple[int, int], num_items: int, cum: np.ndarray | None) -> np.ndarray:
-    if cum is None:
+def _draw(rng: np.random.Generator, shape: tuple[int, int], num_items: int, table: np.ndarray | None) -> np.ndarray:
+    """Uniform over 1..num_items, or (table given) an entry of table = each item repeated count times,
+    i.e. exactly proportional to its count."""
+    if table is None:
         return rng.integers(1, num_items + 1, size=shape, dtype=np.int64)
-    x = rng.random(shape) * cum[-1]
-    return np.minimum(np.searchsorted(cum, x, side="right"), num_items - 1) + 1
+    return table[rng.integers(0, len(table), size=shape)]
 
 
-def _first_valid_per_row(cand: np.ndarray, bad: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mark repeats within a row as bad, keep the first n good entries; returns (rows ok, values)."""
-    order = np.argsort(cand, axis=1, kind="stable")
-    sorted_cand = np.take_along_axis(cand, order, axis=1)
-    repeat_sorted = np.zeros_like(bad)
-    repeat_sorted[:, 1:] = sorted_cand[:, 1:] == sorted_cand[:, :-1]
-    repeat = np.zeros_like(bad)
-    np.put_along_axis(repeat, order, repeat_sorted, axis=1)
-    good = ~bad & ~repeat
-    rank = np.cumsum(good, axis=1)
-    ok = rank[:, -1] >= n
-    pick = good & (rank <= n)
-    values = cand[ok][pick[ok]].reshape(int(ok.sum()), n)
-    return ok, values
+def _fill_chunk(
+    rng: np.random.Generator, users: np.ndarray, offsets: np.ndarray, items: np.ndarray, num_items: int,
+    n: int, table: np.ndarray | None, used: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fill n negatives for each of `users` (a chunk): candidates are drawn in blocks and taken column
+    by column; `used` (len(users), num_items + 1) bool, all False on entry and on exit, marks the
+    row's history and the negatives taken so far. Returns (values (B, n), filled mask (B,))."""
+    rows = np.repeat(np.arange(len(users)), np.diff(offsets)[users])
+    hist = items[offsets[users[0]]:offsets[users[-1] + 1]]  # users are consecutive
+    used[rows, hist] = True
+    out = np.zeros((len(users), n), dtype=np.int64)
+    taken = np.zeros(len(users), dtype=np.int64)
+    width = n + n // 8 + 8
+    for _block in range(MAX_BLOCKS):
+        open_rows = np.flatnonzero(taken < n)
+        if len(open_rows) == 0:
+            break
+        cand = _draw(rng, (len(open_rows), width), num_items, table)
+        for col in range(width):
+            c = cand[:, col]
+            ok = ~used[open_rows, c] & (taken[open_rows] < n)
+            r, v = open_rows[ok], c[ok]
+            out[r, taken[r]] = v
+            used[r, v] = True
+            taken[r] += 1
+    used[rows, hist] = False
+    used[np.repeat(np.arange(len(users)), taken), out[np.arange(n)[None, :] < taken[:, None]]] = False
+    return out, taken == n
 
 
 def _exact_row(
@@ -86,27 +100,35 @@ def sample_negatives(
         raise ValueError("pop100 needs item_counts")
     n = num_negatives
     num_users = len(offsets) - 1
-    weights = None if protocol == "uni100" else np.asarray(item_counts, dtype=np.float64)
-    cum = None if weights is None else np.cumsum(weights[1:])
-    if cum is not None and cum[-1] <= 0:
-        cum, weights = None, None
+    weights = table = None
+    if protocol == "pop100":
+        weights = np.asarray(item_counts, dtype=np.int64).copy()
+        weights[0] = 0
+        if weights.sum() > 0:
+            table = np.repeat(np.arange(num_items + 1, dtype=np.int64), weights)
+        else:
+            weights = None
     rng = _rng(seed, protocol, split)
-    keys = _history_keys(offsets, items, num_items)
     out = np.zeros((num_users, n), dtype=np.int32)
-    for start in range(0, num_users, CHUNK_USERS):
-        pending = np.arange(start, min(start + CHUNK_USERS, num_users))
-        width = n + n // 2 + 16
-        for _attempt in range(4):
-            cand = _draw(rng, (len(pending), width), num_items, cum)
-            cand_keys = pending[:, None] * (num_items + 1) + cand
-            pos = np.minimum(np.searchsorted(keys, cand_keys), len(keys) - 1)
-            ok, values = _first_valid_per_row(cand, keys[pos] == cand_keys, n)
-            out[pending[ok]] = values
-            pending = pending[~ok]
-            if len(pending) == 0:
-                break
-            width *= 2
-        for user in pending:
+    chunk = max(1, min(num_users, CHUNK_CELLS // (num_items + 1)))
+    used = np.zeros((chunk, num_items + 1), dtype=bool)
+    for start in range(0, num_users, chunk):
+        users = np.arange(start, min(start + chunk, num_users))
+        values, filled = _fill_chunk(rng, users, offsets, items, num_items, n, table, used[: len(users)])
+        out[users[filled]] = values[filled]
+        for user in users[~filled]:
             history = items[offsets[user]:offsets[user + 1]]
             out[user] = _exact_row(rng, history, num_items, n, weights, int(user))
     return out
+
+
+def sample_all(
+    offsets: np.ndarray, items: np.ndarray, num_items: int, num_negatives: int, seed: int, item_counts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """All stored negative sets: {"uni100/valid", "uni100/test", "pop100/valid", "pop100/test"}."""
+    return {
+        f"{protocol}/{split}": sample_negatives(offsets, items, num_items, num_negatives, seed, protocol, split,
+                                                item_counts)
+        for protocol in PROTOCOLS
+        for split in SPLITS
+    }

@@ -93,12 +93,7 @@ def process(raw: RawInteractions, cfg: DataConfig) -> ProcessedData:
     num_users, num_items = len(offsets) - 1, len(item_codes)
     stats.update(users=num_users, items=num_items, interactions=len(seq_items))
     counts = split.train_item_counts(offsets, seq_items, num_items)
-    negs: dict[str, np.ndarray] = {}
-    for protocol in negatives.PROTOCOLS:
-        for part in split.SPLITS:
-            negs[f"{protocol}/{part}"] = negatives.sample_negatives(
-                offsets, seq_items, num_items, cfg.num_negatives, cfg.seed, protocol, part, counts
-            )
+    negs = negatives.sample_all(offsets, seq_items, num_items, cfg.num_negatives, cfg.seed, counts)
     item_keys = [raw.item_keys[c] for c in item_codes] if raw.item_keys else []
     return ProcessedData(num_users, num_items, offsets, seq_items, counts, negs, stats, item_keys)
 
