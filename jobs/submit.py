@@ -167,6 +167,27 @@ def submit(sweep_dir: Path, overrides: list[str], task: str = DEFAULT_TASK, conf
     return manifest
 
 
+def write_sbatch(args: argparse.Namespace) -> int:
+    """For users who prefer sbatch: slurm/templates/train.sbatch filled for one (checked) point."""
+    from jobs.sbatch import render
+
+    try:
+        the_plan = plan(args.sweep_dir, args.overrides, args.config_dir, args.config_name)
+    except ConfigError as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return 2
+    if len(the_plan["points"]) != 1:
+        print("--sbatch-out writes one job: give single values, not a sweep", file=sys.stderr)
+        return 2
+    out_dir = the_plan["configs"][0]["output_dir"]
+    text = render("train.sbatch", the_plan["resources"], job_name=args.sweep_dir.resolve().name, log_dir=out_dir,
+                  workdir=REPO, python=sys.executable,
+                  entry_args=["jobs/train_job.py", *the_plan["points"][0], f"hydra.run.dir={out_dir}"])
+    atomic_write_bytes(args.sbatch_out, text.encode())
+    print(f"wrote {args.sbatch_out}; submit with: sbatch {args.sbatch_out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -175,11 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-dir", type=Path, default=CONF_DIR)
     parser.add_argument("--config-name", default="config")
     parser.add_argument("--dry-run", action="store_true", help="preflight only, queue nothing")
+    parser.add_argument("--sbatch-out", type=Path, help="write an sbatch script for one point instead of queueing")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     if (args.sweep_dir / MANIFEST).exists():
         print(f"{args.sweep_dir / MANIFEST} exists: one sweep per directory", file=sys.stderr)
         return 2
+    if args.sbatch_out:
+        return write_sbatch(args)
     try:
         manifest = submit(args.sweep_dir, args.overrides, args.task, args.config_dir, args.config_name,
                           dry_run=args.dry_run)
