@@ -88,3 +88,11 @@ def test_bad_telemetry_values_are_refused_naming_the_field() -> None:
         validate_telemetry(TelemetryConfig(nvml_interval_s=0))
     with pytest.raises(ConfigError, match="telemetry.flush_every_steps"):
         validate_telemetry(TelemetryConfig(flush_every_steps=0))
+
+
+def test_telemetry_group_overrides_the_run_config() -> None:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = to_run_config(compose("config", overrides=["+telemetry=fine"]))
+    assert cfg.telemetry.flush_every_steps == 1 and cfg.telemetry.nvml_interval_s == 0.1
