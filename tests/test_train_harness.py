@@ -66,6 +66,9 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
     tconfig = sasrec.transformer_config(mcfg, layout.tp, layout.pp, layout.vpp, device)
     chunks = sasrec.build_chunks(mcfg, shape, tconfig, backend.device())
     infos = [c.hybridrec_param_infos for c in chunks]
+    if spec.get("load_full"):  # evaluate a checkpoint of any layout, reassembled from full tensors
+        _, full = checkpoint.load_full_state(spec["load_full"])
+        checkpoint.apply_full_state(chunks, infos, full)
     trainer = Trainer(chunks, tconfig, layout, TrainConfig(lr=spec["lr"], clip_grad=1.0),
                       use_distributed_optimizer=spec["distopt"])
     data = tiny_data()

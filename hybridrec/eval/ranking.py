@@ -55,9 +55,10 @@ def count_above_full(scores: torch.Tensor, shard: Shard, target_scores: torch.Te
     if history is not None:
         local = history - shard.start
         inside = (local >= 0) & (local < shard.size) & (history > 0)
-        seen = torch.zeros_like(above)
-        seen.scatter_(1, local.clamp(0, shard.size - 1), inside)
-        above &= ~seen
+        # ids outside this shard go to a spare last column, so they never clear a real one
+        seen = torch.zeros(above.shape[0], shard.size + 1, dtype=torch.bool, device=above.device)
+        seen.scatter_(1, torch.where(inside, local, torch.full_like(local, shard.size)), True)
+        above &= ~seen[:, :-1]
     return above.sum(dim=1)
 
 
