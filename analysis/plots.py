@@ -106,6 +106,8 @@ def bytes_vs_k(runs: list[Run], path: Path) -> Path | str:
     points = [r for r in _topk_runs(runs) if r.dp_bytes_intra is not None or r.dp_bytes_cross is not None]
     if not any(r.codec == "topk" for r in points):
         return "no finished top-k run with byte counts"
+    if not all((r.dp_bytes_intra or 0) + (r.dp_bytes_cross or 0) > 0 for r in points):
+        return "some runs recorded 0 dp bytes (the trainer did not feed ByteCounter counts to the timers)"
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     xs = [r.ratio for r in points]
     total = [(r.dp_bytes_intra or 0) + (r.dp_bytes_cross or 0) for r in points]
