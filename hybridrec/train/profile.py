@@ -269,3 +269,82 @@ def describe(costs: ModelCosts) -> str:
             f"saved {p.activation_bytes / 2**20:7.2f} MiB"
             for p in (costs.embedding, *costs.layers, costs.output)]
     return f"per-piece fwd+bwd at micro-batch {costs.micro_batch_size} (pid {os.getpid()}):\n" + "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------- timing a training step
+class _NamedTimer:
+    def __init__(self, owner: StepTimers, name: str):
+        self.owner, self.name = owner, name
+
+    def start(self, barrier: bool = False) -> None:
+        self.owner._started[self.name] = time.perf_counter()
+
+    def stop(self, barrier: bool = False) -> None:
+        began = self.owner._started.pop(self.name, None)
+        if began is not None:
+            self.owner.totals[self.name] = self.owner.totals.get(self.name, 0.0) + time.perf_counter() - began
+
+
+class StepTimers:
+    """Wall-time accumulators callable like megatron's Timers (assign to `TransformerConfig.timers`).
+
+    The schedules report `forward-compute`, `backward-compute` and the p2p waits (`forward-recv`,
+    `backward-send-forward-recv`, ...); `compute_s()` is this stage's own work per step, `p2p_s()`
+    the time spent in pipeline sends/receives (bubble waits included).
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def __call__(self, name: str, log_level: int | None = None) -> _NamedTimer:
+        return _NamedTimer(self, name)
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        """megatron calls this to print; the numbers are read with `snapshot` instead."""
+
+    def compute_s(self) -> float:
+        return self.totals.get("forward-compute", 0.0) + self.totals.get("backward-compute", 0.0)
+
+    def p2p_s(self) -> float:
+        return sum(v for k, v in self.totals.items() if "send" in k or "recv" in k)
+
+    def snapshot(self, reset: bool = True) -> dict[str, float]:
+        out = {**self.totals, "compute_s": self.compute_s(), "p2p_s": self.p2p_s()}
+        if reset:
+            self.totals = {}
+        return out
+
+
+@contextlib.contextmanager
+def timed_collectives(totals: dict[str, float]) -> Iterator[None]:
+    """Add the wall time of synchronous torch.distributed collectives (as megatron calls them: tp
+    all-reduces, DDP gradient reduction, embedding/loss reductions) to totals['collective_s']."""
+    import torch.distributed as dist
+    from megatron.core.distributed import param_and_grad_buffer as buffers
+    from megatron.core.tensor_parallel import mappings
+
+    targets = [(dist, "all_reduce"), (dist, "broadcast"), (dist, "all_gather"),
+               (mappings, "dist_all_gather_func"), (mappings, "dist_reduce_scatter_func"),
+               (buffers, "dist_all_gather_func"), (buffers, "dist_reduce_scatter_func")]
+    originals = [(module, name, getattr(module, name)) for module, name in targets if hasattr(module, name)]
+
+    def wrap(fn: Callable) -> Callable:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("async_op"):
+                return fn(*args, **kwargs)
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals["collective_s"] = totals.get("collective_s", 0.0) + time.perf_counter() - began
+
+        return timed
+
+    for module, name, fn in originals:
+        setattr(module, name, wrap(fn))
+    try:
+        yield
+    finally:
+        for module, name, fn in originals:
+            setattr(module, name, fn)
