@@ -8,6 +8,7 @@ lines from rank 0 -> ranking evaluation -> checkpoint -> `summary.json` (rank 0,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import traceback
@@ -225,9 +226,7 @@ def _teardown() -> None:
 
     from hybridrec.model import parallel
 
-    try:
+    with contextlib.suppress(Exception):  # groups half-built: nothing more to tear down
         parallel.destroy()
-    except Exception:  # noqa: BLE001 - megatron not imported or groups half-built: nothing to tear down
-        pass
     if dist.is_initialized():
         dist.destroy_process_group()
