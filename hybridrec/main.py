@@ -30,13 +30,39 @@ def _print0(rank: int, message: str) -> None:
         print(message, flush=True)
 
 
-def _finalize_func(cfg: RunConfig, layout: Any) -> Any:
-    """megatron's gradient reduction, or the comm engineer's GradSync through megatron's hook."""
-    if cfg.allreduce.algorithm == "megatron":
-        return None
-    from hybridrec.dist import megatron_grad_hook
+def _rack_map(cfg: RunConfig, world_size: int) -> Any:
+    """Rank -> rack from `allreduce.topology` (single | config | slurm); a collective (hostnames)."""
+    import os
+    import socket
 
-    return megatron_grad_hook.make_finalize_model_grads(cfg, layout)
+    import torch.distributed as dist
+
+    from hybridrec.topology import RackMap, local_topology_from_env
+
+    mine = local_topology_from_env(os.environ, socket.gethostname())
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, mine)
+    hosts = [entry[0] for entry in everyone]
+    if cfg.allreduce.topology == "config":
+        return RackMap.from_mapping(cfg.allreduce.racks, hosts)
+    if cfg.allreduce.topology == "slurm":
+        return RackMap.from_topology_addrs([e[1] for e in everyone], mine[2], hosts)
+    return RackMap.single(world_size, hosts)
+
+
+def _grad_sync(cfg: RunConfig, layout: Any, rank: int) -> tuple[Any, Any]:
+    """(GradSync, finalize_model_grads replacement) unless allreduce.algorithm is megatron's own."""
+    if cfg.allreduce.algorithm == "megatron":
+        return None, None
+    from hybridrec.dist.accounting import ByteCounter
+    from hybridrec.dist.allreduce.groups import build_comm_groups
+    from hybridrec.dist.grad_sync import GradSync
+    from hybridrec.dist.megatron_grad_hook import make_finalize_model_grads
+
+    rack_map = _rack_map(cfg, layout.world_size)
+    groups = build_comm_groups(layout.groups("dp"), rack_map, rank)
+    sync = GradSync.from_config(groups, cfg.allreduce, cfg.compression, ByteCounter(rack_map, rank))
+    return sync, make_finalize_model_grads(sync)
 
 
 def _load_data(cfg: RunConfig, rank: int) -> Any:
@@ -82,6 +108,7 @@ class _Job:
             sasrec.padded_vocab_size(self.data.num_items, cfg.model.vocab_pad_multiple, lay.tp),
             cfg.data.max_seq_len, self.data.num_items)
         self.timers = self._timers()
+        self.grad_sync, finalize = _grad_sync(cfg, lay, self.rank)
         tconfig = sasrec.transformer_config(cfg.model, lay.tp, lay.pp, lay.vpp, self.device_name,
                                             cfg.parallel.batch_p2p_comm)
         chunks = sasrec.build_chunks(cfg.model, self.shape, tconfig, backend.device())
@@ -89,7 +116,7 @@ class _Job:
         self.trainer = Trainer(chunks, tconfig, lay, cfg.train,
                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
                                mask_padding_keys=cfg.model.mask_padding_keys,
-                               finalize_model_grads_func=_finalize_func(cfg, lay), timers=self.timers)
+                               finalize_model_grads_func=finalize, timers=self.timers)
         coords = lay.coords(self.rank)
         self.coords = {"tp": coords.tp, "pp": coords.pp, "dp": coords.dp}
         self.batches = TrainBatchIterator(train_examples(self.data, cfg.data.max_seq_len),
@@ -124,6 +151,8 @@ class _Job:
             return
         extra = checkpoint.restore(ckpt, self.trainer, self.layout.to_dict())
         self.batches.load_state_dict(extra["data"])
+        if self.grad_sync is not None and "grad_sync" in extra:
+            self.grad_sync.load_state_dict(extra["grad_sync"])
         _print0(self.rank, f"resumed from {ckpt} at step {self.trainer.step}")
 
     def save(self) -> Path:
@@ -133,7 +162,13 @@ class _Job:
                     "num_items": self.shape.num_items, "max_seq_len": self.shape.max_seq_len,
                     "model": dataclasses.asdict(self.cfg.model)}
         return checkpoint.save(self.out / CHECKPOINTS, self.trainer, self.param_infos, self.coords, manifest,
-                               {"data": self.batches.state_dict()})
+                               self._extra_state())
+
+    def _extra_state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {"data": self.batches.state_dict()}
+        if self.grad_sync is not None:
+            extra["grad_sync"] = self.grad_sync.state_dict()
+        return extra
 
     def train(self) -> dict[str, Any]:
         from hybridrec.train.loop import Batch, format_progress
@@ -152,6 +187,8 @@ class _Job:
             losses.append([result.step, result.loss])
             metrics = {"loss": result.loss, "grad_norm": result.grad_norm or 0.0}
             if self.timers is not None:
+                if self.grad_sync is not None and self.grad_sync.counter is not None:
+                    self.timers.add_byte_counts(self.grad_sync.counter.step_end())
                 metrics.update(self.timers.end_step(samples=result.samples, tokens=int(mask.sum())))
                 comm_shares.append(metrics.get("comm_share_all", 0.0))
             if self.recorder is not None:
@@ -160,8 +197,18 @@ class _Job:
                 _print0(self.rank, format_progress(result, seconds, samples))
             if cfg.checkpoint_every and result.step % cfg.checkpoint_every == 0 and result.step < cfg.steps:
                 self.save()
+            self._stop_if_preempted(result.step)
         return {"loss_curve": losses, "samples_per_s": samples / seconds if seconds else 0.0, "train_s": seconds,
                 "comm_share": float(np.mean(comm_shares)) if comm_shares else None}
+
+    def _stop_if_preempted(self, step: int) -> None:
+        """Slurm preemption protocol (docs/ARCHITECTURE.md): a collective check every step; on a
+        signal every rank saves the checkpoint and raises Preempted for the requeue wrapper."""
+        from jobs.requeue import Preempted, PreemptionGuard
+
+        if PreemptionGuard.current().should_stop():
+            self.save()
+            raise Preempted(step)
 
     def evaluate(self) -> dict[str, Any]:
         from hybridrec.data.batches import eval_examples

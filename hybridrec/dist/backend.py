@@ -20,6 +20,7 @@ Nothing else in hybridrec knows about these differences: callers ask `device()` 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,8 @@ def _patch_torch_for_cpu() -> None:
     torch.cuda.synchronize = lambda *args, **kwargs: None  # D
     torch.Tensor.type = _cuda_type_name(torch.Tensor.type)  # E
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # F
+    # on CPU the RNG tracker's fork switches nothing (NOTES.md): megatron warns on every dropout call
+    logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
     _state["patched"] = True
 
 
