@@ -175,3 +175,19 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_with_one_result(slur
     assert len(list(out.glob("summary*.json"))) == 1
     results = sorted(p.name for p in Path(manifest["submitit_folder"]).glob(f"{job_id}_*_result.pkl"))
     assert results == [f"{job_id}_0_result.pkl", f"{job_id}_1_result.pkl"]
+
+
+@pytest.mark.slow
+def test_real_training_job_two_nodes_two_tasks_writes_one_summary(slurm_env, tmp_path):
+    """The trainer (`hybridrec.main.run` via jobs.submit's default task), dp=4 over 2 nodes x 2 tasks."""
+    sweep_dir = _sweep_dir(tmp_path, "train")
+    manifest = submit_mod.submit(
+        sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2",
+                    "parallel=auto_dp", "train=quick", "model=sasrec_tiny", "train.steps=4",
+                    "train.global_batch_size=32", "parallel.micro_batch_size=4"],
+        env=slurm_env,
+    )
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=600)
+    assert [row["state"] for row in rows] == ["done"], rows
+    summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["layout"]["dp"] == 4 and summary["steps"] == 4
