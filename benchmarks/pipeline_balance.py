@@ -9,7 +9,8 @@ shared machine hit both alike) and time them.
 
 Figures (medians over the measured steps): step = wall seconds of `Trainer.train_step` (max over
 ranks); samples/s = global batch / step; stage compute = megatron's forward-compute + backward-compute
-timers per step; measured bubble = 1 - stage compute / megatron's forward-backward window, averaged
+timers per step (wall, and process CPU time = the work without waiting for a core on a shared
+machine); measured bubble = 1 - stage compute / megatron's forward-backward window, averaged
 over stages, next to the 1F1B theory (p-1)/(m+p-1); ratio = balanced samples/s / uniform samples/s.
 Usage: .venv/bin/python benchmarks/pipeline_balance.py [--pp 2 4] [--steps 6] [--out runs/...json]
 """
@@ -114,6 +115,7 @@ def summarise(pp: int, m: int, global_batch: int, ranks: list[dict], partitions:
         steps = len(ranks[0]["records"][name])
         wall = [max(r["records"][name][i]["wall_s"] for r in ranks) for i in range(steps)]
         compute = [statistics.median(rec["compute_s"] for rec in r["records"][name]) for r in ranks]
+        compute_cpu = [statistics.median(rec["compute_cpu_s"] for rec in r["records"][name]) for r in ranks]
         fb = [statistics.median(rec["fb_s"] for rec in r["records"][name]) for r in ranks]
         bubble = [1 - c / f if f > 0 else 0.0 for c, f in zip(compute, fb, strict=True)]
         step = statistics.median(wall)
@@ -121,6 +123,9 @@ def summarise(pp: int, m: int, global_batch: int, ranks: list[dict], partitions:
             "layers_per_stage": [r["layers"][name] for r in ranks],
             "step_s": step, "samples_per_s": global_batch / step,
             "stage_compute_s": compute, "stage_max_over_mean": max(compute) / statistics.fmean(compute),
+            "stage_compute_cpu_s": compute_cpu,
+            "stage_cpu_max_over_mean": max(compute_cpu) / statistics.fmean(compute_cpu),
+            "step_s_per_step": wall,
             "bubble_measured": statistics.fmean(bubble), "bubble_per_stage": bubble,
             "bubble_theory": (pp - 1) / (m + pp - 1),
             "collective_s": statistics.median(max(rec.get("collective_s", 0.0) for rec in
@@ -187,13 +192,14 @@ def main() -> None:
 
 
 def print_table(pp: int, m: int, s: dict) -> None:
-    print(f"\n| pp={pp}, m={m} | layers/stage | stage compute ms/step | max/mean | step s | samples/s "
-          f"| bubble measured | bubble theory (p-1)/(m+p-1) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| pp={pp}, m={m} | layers/stage | stage compute wall ms/step | max/mean | stage compute CPU ms/step "
+          f"| max/mean | step s | samples/s | bubble measured | bubble theory (p-1)/(m+p-1) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in ("uniform", "balanced"):
         r = s[name]
         print(f"| {name} | {r['layers_per_stage']} | {[round(c * 1e3, 1) for c in r['stage_compute_s']]} | "
-              f"{r['stage_max_over_mean']:.3f} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
+              f"{r['stage_max_over_mean']:.3f} | {[round(c * 1e3, 1) for c in r['stage_compute_cpu_s']]} | "
+              f"{r['stage_cpu_max_over_mean']:.3f} | {r['step_s']:.3f} | {r['samples_per_s']:.1f} | "
               f"{r['bubble_measured']:.3f} | {r['bubble_theory']:.3f} |")
     print(f"throughput ratio balanced / uniform = {s['ratio_balanced_over_uniform']:.3f}")
 

@@ -45,3 +45,33 @@ def test_balanced_partition_is_closer_to_one_on_measured_stage_times(model):
           f"max/mean {imbalance(measured_balanced):.3f}; {balanced.reason}")
     assert imbalance(measured_balanced) - 1 < imbalance(measured_uniform) - 1
     assert max(measured_balanced) < max(measured_uniform)
+
+
+@pytest.mark.slow
+def test_adaptive_plan_for_a_job_single_process():
+    """What main.py calls for parallel.balance=adaptive: profile, split, micro-batch choice, applied config."""
+    from dataclasses import replace
+
+    from hybridrec.config.parallel import ParallelConfig
+    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.preflight import check_stage_layers
+
+    pcfg = ParallelConfig(pp=2, micro_batch_size=8, balance="adaptive", dynamic_micro_batch=True, profile_repeats=1)
+    layout = ParallelLayout.build(pcfg, 2, 32)
+    mcfg = ModelConfig(hidden_size=32, num_layers=4, num_attention_heads=2, ffn_hidden_size=64, dropout=0.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plan = P.plan_adaptive(mcfg, pcfg, layout, vocab_size=8192, seq_len=10)
+    finally:
+        torch.set_num_threads(threads)
+    counts = list(plan.partition.layers_per_stage)
+    applied = plan.model_config(mcfg)
+    assert check_stage_layers(4, 2, 1, applied.num_layers_in_first_pipeline_stage,
+                              applied.num_layers_in_last_pipeline_stage) == counts
+    # dp = 1: the whole global batch of 32 goes through the pipeline
+    assert plan.micro is not None and 32 % plan.micro.micro_batch_size == 0
+    assert plan.micro.micro_batch_size * plan.micro.num_micro_batches == 32
+    assert "pipeline partition" in plan.describe() and "bubble" in plan.describe()
+    # the chosen micro-batch size gives a valid layout
+    assert ParallelLayout.build(replace(pcfg, micro_batch_size=plan.micro.micro_batch_size), 2, 32).pp == 2

@@ -17,11 +17,12 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from hybridrec.train import balance
 from hybridrec.train.balance import ModelCosts, PieceCost
 
 
@@ -68,7 +69,8 @@ def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = T
 
 @contextlib.contextmanager
 def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[None]:
-    """A world of one (gloo) with megatron's parallel state at tp = pp = 1, torn down afterwards."""
+    """megatron's parallel state at tp = pp = 1, torn down afterwards. Without a process group a world
+    of one (gloo) is created; inside a job every rank must enter (creating the groups is collective)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -277,12 +279,14 @@ class _NamedTimer:
         self.owner, self.name = owner, name
 
     def start(self, barrier: bool = False) -> None:
-        self.owner._started[self.name] = time.perf_counter()
+        self.owner._started[self.name] = (time.perf_counter(), time.process_time())
 
     def stop(self, barrier: bool = False) -> None:
         began = self.owner._started.pop(self.name, None)
         if began is not None:
-            self.owner.totals[self.name] = self.owner.totals.get(self.name, 0.0) + time.perf_counter() - began
+            totals, cpu = self.owner.totals, self.owner.cpu_totals
+            totals[self.name] = totals.get(self.name, 0.0) + time.perf_counter() - began[0]
+            cpu[self.name] = cpu.get(self.name, 0.0) + time.process_time() - began[1]
 
 
 class StepTimers:
@@ -290,12 +294,14 @@ class StepTimers:
 
     The schedules report `forward-compute`, `backward-compute` and the p2p waits (`forward-recv`,
     `backward-send-forward-recv`, ...); `compute_s()` is this stage's own work per step, `p2p_s()`
-    the time spent in pipeline sends/receives (bubble waits included).
+    the time spent in pipeline sends/receives (bubble waits included). `cpu_totals` holds the
+    process CPU time of the same intervals (the work itself, without waiting for a core).
     """
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
-        self._started: dict[str, float] = {}
+        self.cpu_totals: dict[str, float] = {}
+        self._started: dict[str, tuple[float, float]] = {}
 
     def __call__(self, name: str, log_level: int | None = None) -> _NamedTimer:
         return _NamedTimer(self, name)
@@ -309,10 +315,14 @@ class StepTimers:
     def p2p_s(self) -> float:
         return sum(v for k, v in self.totals.items() if "send" in k or "recv" in k)
 
+    def compute_cpu_s(self) -> float:
+        return self.cpu_totals.get("forward-compute", 0.0) + self.cpu_totals.get("backward-compute", 0.0)
+
     def snapshot(self, reset: bool = True) -> dict[str, float]:
-        out = {**self.totals, "compute_s": self.compute_s(), "p2p_s": self.p2p_s()}
+        out = {**self.totals, "compute_s": self.compute_s(), "p2p_s": self.p2p_s(),
+               "compute_cpu_s": self.compute_cpu_s()}
         if reset:
-            self.totals = {}
+            self.totals, self.cpu_totals = {}, {}
         return out
 
 
@@ -348,3 +358,78 @@ def timed_collectives(totals: dict[str, float]) -> Iterator[None]:
     finally:
         for module, name, fn in originals:
             setattr(module, name, fn)
+
+
+# ---------------------------------------------------------------------------- adaptive plan for a job
+@dataclass(frozen=True)
+class AdaptivePlan:
+    partition: balance.Partition
+    uniform: balance.Partition | None
+    micro: balance.MicroBatchPlan | None
+    costs: ModelCosts
+
+    def model_config(self, model_cfg: Any) -> Any:
+        """The model config with megatron's first/last stage layer counts of this plan."""
+        return replace(model_cfg, **self.partition.megatron_kwargs())
+
+    def describe(self) -> str:
+        text = f"pipeline partition {list(self.partition.layers_per_stage)}: {self.partition.reason}"
+        return text + (f"; {self.micro.reason}" if self.micro else "")
+
+
+def _stage_models(small: ModelCosts, large: ModelCosts, split: list[int]) -> list[balance.StageModel]:
+    static = [4 * sum(p.param_bytes for p in pieces) for pieces in large.stage_pieces(split)]  # param+grad+adam
+    per_sample = [sum(p.activation_bytes for p in pieces) // large.micro_batch_size
+                  for pieces in large.stage_pieces(split)]
+    return balance.fit_stage_models(small.stage_times(split), large.stage_times(split), small.micro_batch_size,
+                            large.micro_batch_size, static, per_sample)
+
+
+def plan_adaptive(model_cfg: Any, parallel_cfg: Any, layout: Any, vocab_size: int, seq_len: int,
+                  seed: int = 1234) -> AdaptivePlan:
+    """Profile on rank 0 (a tp = pp = 1 copy of the model), choose the split (and, with
+    `parallel.dynamic_micro_batch`, the micro-batch size), and give every rank the same plan.
+
+    Call on every rank after `init_process_group` and before megatron's groups for the real layout
+    exist (it creates and destroys tp = pp = 1 groups to build the profiling copy).
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    from hybridrec.dist import backend
+
+    plan: list[AdaptivePlan | None] = [None]
+    distributed = dist.is_initialized()
+    with single_process_megatron(seed, backend.device().type):
+        if not distributed or dist.get_rank() == 0:
+            model = build_gpt(transformer_config(model_cfg), vocab_size, seq_len)
+            mbs = layout.micro_batch_size
+            costs = profile_pieces(model, ProfileShape(vocab_size, seq_len, mbs), parallel_cfg.profile_repeats)
+            partition = balance.balanced_partition(costs, layout.pp, layout.vpp)
+            uniform = balance.uniform_partition(costs, layout.pp) if model_cfg.num_layers % layout.pp == 0 else None
+            micro = None
+            if parallel_cfg.dynamic_micro_batch:
+                other = max(1, mbs // 2) if mbs > 1 else 2
+                other_costs = profile_pieces(model, ProfileShape(vocab_size, seq_len, other),
+                                             parallel_cfg.profile_repeats)
+                small, large = (other_costs, costs) if other < mbs else (costs, other_costs)
+                stages = _stage_models(small, large, list(partition.layers_per_stage))
+                micro = balance.choose_micro_batches(stages, layout.global_batch_size // layout.dp, layout.vpp,
+                                                     int(parallel_cfg.memory_budget_mb * 2**20))
+            plan[0] = AdaptivePlan(partition, uniform, micro, costs)
+    if distributed:
+        dist.broadcast_object_list(plan, src=0)
+    assert plan[0] is not None and not ps.model_parallel_is_initialized()
+    return plan[0]
+
+
+def stage_times_across_pipeline(local_seconds: float) -> list[float]:
+    """Every pipeline stage's measured seconds (e.g. `StepTimers.compute_s()`), in stage order,
+    for `RebalanceMonitor.observe` (collective over megatron's pipeline group)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_pipeline_model_parallel_group()
+    out = [0.0] * dist.get_world_size(group)
+    dist.all_gather_object(out, float(local_seconds), group=group)
+    return out
