@@ -19,6 +19,7 @@ Usage: .venv/bin/python benchmarks/allreduce.py [--testbed] [--sizes-mib 1,4,16,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrec.config.comm import CompressionConfig
 from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import ReduceContext, build_comm_groups, get_algorithm
+from hybridrec.dist.allreduce import ReduceContext, build_comm_groups, get_algorithm, hierarchical
 from hybridrec.dist.allreduce.launch import run_ranks
 from hybridrec.dist.compression import make_codec
 from hybridrec.io import atomic_write_json
@@ -55,6 +56,8 @@ def _uplinks(fabric: dict | None) -> dict[str, int]:
 
 def bench_worker(rank: int, world: int, cfg: dict) -> list[dict]:
     torch.set_num_threads(1)
+    hierarchical.PIPELINE_CHUNK_BYTES = int(cfg["pipeline_chunk_mib"] * 2**20)
+    hierarchical.PIPELINE_DEPTH = int(os.environ.get("HYBRIDREC_PIPELINE_DEPTH", hierarchical.PIPELINE_DEPTH))
     rack_map = RackMap.from_racks_list(cfg["racks_of_rank"])
     groups = build_comm_groups([list(range(world))], rack_map)
     fabric = cfg.get("fabric") if rank == 0 else None
@@ -150,11 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="leader", choices=["leader", "reduce_scatter"])
     parser.add_argument("--ratio", type=float, default=0.01, help="top-k ratio")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--pipeline-chunk-mib", type=float, default=4.0,
+                        help="dense leader variant: chunk size of the intra/cross-rack pipeline")
     parser.add_argument("--timeout", type=float, default=170.0, help="seconds per rank order")
     parser.add_argument("--out", default="", help="write results as JSON here")
     args = parser.parse_args(argv)
     cfg = {"sizes_mib": [float(s) for s in args.sizes_mib.split(",")], "algos": args.algos.split(","),
-           "variant": args.variant, "ratio": args.ratio, "repeats": args.repeats}
+           "variant": args.variant, "ratio": args.ratio, "repeats": args.repeats,
+           "pipeline_chunk_mib": args.pipeline_chunk_mib}
     results, started = {}, time.time()
     if args.testbed:
         results = _testbed_run(cfg, args.orders.split(","), args.rate, args.timeout)

@@ -8,7 +8,7 @@ import torch
 
 from hybridrec.config.comm import CompressionConfig
 from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import ALGORITHMS, ReduceContext, build_comm_groups
+from hybridrec.dist.allreduce import ALGORITHMS, ReduceContext, build_comm_groups, hierarchical
 from hybridrec.dist.allreduce.launch import run_ranks
 from hybridrec.dist.compression import make_codec
 from hybridrec.topology import RackMap
@@ -32,6 +32,7 @@ WORLD = 5
 
 def _worker(rank: int, world: int) -> dict:
     """Every layout on one 5-process world: a 4-rank layout is a dp group [0..3] plus [4] alone."""
+    hierarchical.PIPELINE_CHUNK_BYTES = 40_000  # several pipelined chunks (uneven last one)
     out = {}
     for layout_name, racks in sorted(LAYOUTS.items()):
         padded = racks + ["alone"] * (world - len(racks))

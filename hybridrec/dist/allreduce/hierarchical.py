@@ -45,8 +45,62 @@ def _cross_rack_sum_(tensor: torch.Tensor, members: tuple[int, ...], group, ctx:
     return dist.all_reduce(tensor, group=group, async_op=True)
 
 
+PIPELINE_CHUNK_BYTES = 4 * 2**20
+PIPELINE_DEPTH = 2  # cross-rack chunks in flight
+
+
+def _pipelined_leader_sum_(tensor: torch.Tensor, ctx: ReduceContext) -> None:
+    """Dense leader variant in chunks: while chunk k crosses the uplink, chunk k+1 is reduced inside
+    the rack and chunk k-1 is sent back to the members, so the slow link never waits on the fast ones."""
+    groups = ctx.groups
+    rack, leader, rack_group = groups.rack_ranks, groups.leader, groups.rack_group
+    step = max(1, PIPELINE_CHUNK_BYTES // tensor.element_size())
+    chunks = [tensor[i:i + step] for i in range(0, tensor.numel(), step)]
+    if groups.rank != leader:
+        sends = []
+        for chunk in chunks:
+            ctx.counter.add("rack_reduce", chunk.numel() * chunk.element_size(), leader)
+            sends.append(dist.isend(chunk, leader, group=rack_group))
+        for req in sends:
+            req.wait()
+        incoming = [torch.empty_like(c) for c in chunks] if len(rack) > 1 else []
+        recvs = [dist.irecv(buf, leader, group=rack_group) for buf in incoming]
+        for req, chunk, buf in zip(recvs, chunks, incoming):
+            req.wait()
+            chunk.copy_(buf)
+        return
+    members = rack[1:]
+    inbox = [[torch.empty_like(c) for _ in members] for c in chunks]
+    recvs = [[dist.irecv(buf, src, group=rack_group) for buf, src in zip(bufs, members)] for bufs in inbox]
+    leaders = groups.plan.leaders
+    in_flight: list[tuple[int, object]] = []
+    sends: list = []
+
+    def finish(index: int, handle) -> None:
+        if handle is not None:
+            handle.wait()
+        for dst in members:
+            ctx.counter.add("rack_broadcast", chunks[index].numel() * chunks[index].element_size(), dst)
+            sends.append(dist.isend(chunks[index], dst, group=rack_group))
+
+    for index, chunk in enumerate(chunks):
+        for req, buf in zip(recvs[index], inbox[index]):
+            req.wait()
+            chunk += buf
+        in_flight.append((index, _cross_rack_sum_(chunk, leaders, groups.leader_group, ctx, "")))
+        while len(in_flight) >= PIPELINE_DEPTH:
+            finish(*in_flight.pop(0))
+    while in_flight:
+        finish(*in_flight.pop(0))
+    for req in sends:
+        req.wait()
+
+
 def leader_sum_(tensor: torch.Tensor, ctx: ReduceContext, key: str) -> None:
     groups = ctx.groups
+    if not ctx.compressing:
+        _pipelined_leader_sum_(tensor, ctx)
+        return
     if len(groups.rack_ranks) > 1:
         star_reduce_(tensor, ctx, f"{key}/rack")
     if groups.rank == groups.leader:
