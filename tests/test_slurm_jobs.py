@@ -191,3 +191,50 @@ def test_real_training_job_two_nodes_two_tasks_writes_one_summary(slurm_env, tmp
     assert [row["state"] for row in rows] == ["done"], rows
     summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
     assert summary["status"] == "done" and summary["layout"]["dp"] == 4 and summary["steps"] == 4
+
+
+@pytest.mark.slow
+def test_real_trainer_preempted_resumes_from_the_signal_checkpoint(slurm_env, tmp_path):
+    """USR2 to the real training job: checkpoint at the step in flight, requeue, resume, one summary."""
+    import re
+
+    sweep_dir = _sweep_dir(tmp_path, "train-preempt")
+    steps = 12
+    manifest = submit_mod.submit(
+        sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "parallel=auto_dp", "train=quick",
+                    "model=sasrec_tiny", f"train.steps={steps}", "train.log_every=1", "train.global_batch_size=16",
+                    "parallel.micro_batch_size=8", "telemetry.enabled=false"],
+        env=slurm_env,
+    )
+    job_id, out = manifest["points"][0]["job_id"], Path(manifest["points"][0]["dir"])
+    log = Path(manifest["submitit_folder"]) / f"{job_id}_0_log.out"
+
+    def logged_steps() -> list[int]:
+        text = log.read_text() if log.exists() else ""
+        return [int(m) for m in re.findall(r"^step\s+(\d+)\s+loss", text, flags=re.MULTILINE)]
+
+    deadline = time.monotonic() + 400
+    while len(logged_steps()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(logged_steps()) >= 2, log.read_text() if log.exists() else "no log"
+    subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True, timeout=30)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=slurm_env, capture_output=True,
+                               text=True, check=False).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True)
+            break
+        time.sleep(0.3)
+    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=600)
+    assert rows[0]["state"] == "done", rows
+    text = log.read_text()
+    resumed = re.search(r"resumed from \S+ at step (\d+)", text)
+    assert resumed, text[-3000:]
+    at = int(resumed.group(1))
+    first, second = text[: resumed.start()], text[resumed.end():]
+    first_steps = [int(m) for m in re.findall(r"^step\s+(\d+)\s+loss", first, flags=re.MULTILINE)]
+    second_steps = [int(m) for m in re.findall(r"^step\s+(\d+)\s+loss", second, flags=re.MULTILINE)]
+    assert first_steps[-1] == at and second_steps == list(range(at + 1, steps + 1))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["steps"] == steps
