@@ -27,3 +27,10 @@ class DataConfig:
     on_bad_line: str = "error"
     # drop repeated (user, item) pairs, keeping the earliest
     dedupe: bool = True
+    # item text (issue 10): tokenise item metadata into ProcessedData.item_tokens (cached with the data)
+    item_text: bool = False
+    # metadata file (amazon 2014 meta dict literals / 2018 json lines / 2023 jsonl keyed by parent_asin);
+    # ml100k: "" = recbole's bundled ml-100k.item
+    meta_path: str = ""
+    text_max_tokens: int = 32
+    text_vocab_size: int = 4000

@@ -6,6 +6,7 @@ Layout (format_version 1):
   attrs: format_version, config_hash, config_json, stats_json, num_users, num_items
   sequences/offsets int64 (U+1), sequences/items int32, item_counts int64 (I+1)
   negatives/<protocol>/<split> int32 (U, n), item_keys (utf-8 strings, optional)
+  text/token_ids int32 (I+1, T), text/lengths int32 (I+1) + attrs tokenizer_json, text_vocab_size (optional)
 """
 
 from __future__ import annotations
@@ -32,10 +33,13 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("HYBRIDREC_CACHE", Path.home() / ".cache" / "hybridrec"))
 
 
-def config_hash(cfg: DataConfig, raw_file: Path | None) -> str:
-    """Hex digest over the data config (minus cache-only fields), the format version and the raw file's
-    resolved path, size and mtime (so an edited raw file is re-processed)."""
+def config_hash(cfg: DataConfig, raw_file: Path | None, meta_file: Path | None = None) -> str:
+    """Hex digest over the data config (minus cache-only fields), the format version and the raw (and
+    metadata) file's resolved path, size and mtime (so an edited file is re-processed)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_HASHED}
+    if not cfg.item_text:
+        for name in ("meta_path", "text_max_tokens", "text_vocab_size"):
+            fields.pop(name, None)
     if cfg.source == "synthetic":
         fields.pop("path", None)
     else:
@@ -44,6 +48,9 @@ def config_hash(cfg: DataConfig, raw_file: Path | None) -> str:
     if raw_file is not None:
         stat = raw_file.stat()
         identity["raw_file"] = [str(raw_file.resolve()), stat.st_size, stat.st_mtime_ns]
+    if meta_file is not None:
+        stat = meta_file.stat()
+        identity["meta_file"] = [str(meta_file.resolve()), stat.st_size, stat.st_mtime_ns]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 

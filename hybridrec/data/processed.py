@@ -21,6 +21,7 @@ from hybridrec.config.data import DataConfig
 from hybridrec.data import cache, kcore, negatives, split, synthetic
 from hybridrec.data.formats import BAD_LINE_POLICIES, READERS, RawInteractions
 from hybridrec.data.formats.movielens import default_path as ml100k_default_path
+from hybridrec.data.text_tokens import ItemTokens
 from hybridrec.errors import ConfigError, DataError
 
 SOURCES = ("synthetic", "ml100k", "amazon2014", "amazon2018", "amazon2023")
@@ -39,6 +40,8 @@ class ProcessedData:
     # raw key (asin, movie id) of item i at item_keys[i - 1]; empty for synthetic data
     item_keys: list[str] = field(default_factory=list)
     cache_path: str = ""
+    # token ids of each item's text (data.item_text=true), row 0 = padding item
+    item_tokens: ItemTokens | None = None
 
     def sequence(self, user: int) -> np.ndarray:
         return self.items[self.offsets[user]:self.offsets[user + 1]]
@@ -66,6 +69,40 @@ def validate(cfg: DataConfig) -> Path | None:
     if not raw_file.is_file():
         raise DataError(raw_file, f"data.path: file not found (data.source={cfg.source})")
     return raw_file
+
+
+def validate_meta(cfg: DataConfig) -> Path | None:
+    """The metadata file to read when data.item_text is set (None otherwise)."""
+    if not cfg.item_text:
+        return None
+    from hybridrec.data import metadata
+
+    if cfg.source not in metadata.READERS:
+        raise ConfigError("data.item_text", True, f"false for data.source={cfg.source} (no item metadata); "
+                          f"sources with metadata: {' | '.join(metadata.READERS)}")
+    if cfg.meta_path:
+        meta_file = Path(cfg.meta_path).expanduser()
+    elif cfg.source == "ml100k":
+        meta_file = metadata.movielens.default_path()
+    else:
+        raise ConfigError("data.meta_path", cfg.meta_path, f"the path of the {cfg.source} metadata file")
+    if not meta_file.is_file():
+        raise DataError(meta_file, "data.meta_path: file not found")
+    return meta_file
+
+
+def add_item_tokens(data: ProcessedData, cfg: DataConfig, meta_file: Path) -> None:
+    """Read metadata, build item texts, train the tokenizer and store the padded token ids."""
+    from hybridrec.data import metadata
+    from hybridrec.data.text_tokens import build_item_tokens
+
+    table = metadata.read(cfg.source, meta_file, cfg.on_bad_line)
+    texts, counts = metadata.item_texts(data.item_keys, table)
+    data.item_tokens = build_item_tokens(texts, cfg.text_vocab_size, cfg.text_max_tokens)
+    data.stats["metadata"] = {**{k: v for k, v in table.stats.items() if k != "skipped_examples"}, **counts,
+                              "skipped_examples": table.stats["skipped_examples"],
+                              "text_vocab_size": data.item_tokens.vocab_size,
+                              "texts_truncated": int((data.item_tokens.lengths >= cfg.text_max_tokens).sum())}
 
 
 def read_raw(cfg: DataConfig, raw_file: Path | None) -> RawInteractions:
@@ -107,13 +144,23 @@ def _to_cache(data: ProcessedData, cfg: DataConfig, digest: str, path: Path) -> 
         "stats_json": json.dumps(data.stats, sort_keys=True, default=str),
         "num_users": data.num_users, "num_items": data.num_items,
     }
+    if data.item_tokens is not None:
+        arrays["text/token_ids"] = data.item_tokens.token_ids
+        arrays["text/lengths"] = data.item_tokens.lengths
+        attrs["tokenizer_json"] = data.item_tokens.tokenizer_json
+        attrs["text_vocab_size"] = data.item_tokens.vocab_size
     cache.write(path, arrays, attrs, data.item_keys)
 
 
 def _from_cache(found: tuple[dict[str, np.ndarray], dict[str, Any], list[str]], path: Path) -> ProcessedData:
     arrays, attrs, keys = found
     negs = {name[len("negatives/"):]: arr for name, arr in arrays.items() if name.startswith("negatives/")}
+    tokens = None
+    if "text/token_ids" in arrays:
+        tokens = ItemTokens(arrays["text/token_ids"], arrays["text/lengths"], int(attrs["text_vocab_size"]),
+                            str(attrs["tokenizer_json"]))
     return ProcessedData(
+        item_tokens=tokens,
         num_users=int(attrs["num_users"]), num_items=int(attrs["num_items"]),
         offsets=arrays["sequences/offsets"], items=arrays["sequences/items"],
         item_counts=arrays["item_counts"], negatives=negs, stats=dict(attrs["stats_json"]),
@@ -124,7 +171,8 @@ def _from_cache(found: tuple[dict[str, np.ndarray], dict[str, Any], list[str]], 
 def load_processed(cfg: DataConfig) -> ProcessedData:
     """Processed data for `cfg`, from the HDF5 cache when a valid one exists, else built and cached."""
     raw_file = validate(cfg)
-    digest = cache.config_hash(cfg, raw_file)
+    meta_file = validate_meta(cfg)
+    digest = cache.config_hash(cfg, raw_file, meta_file)
     path = cache.cache_file(cfg, digest)
     if cfg.use_cache:
         found = cache.read(path, digest)
@@ -135,6 +183,8 @@ def load_processed(cfg: DataConfig) -> ProcessedData:
     started = time.perf_counter()
     raw = read_raw(cfg, raw_file)
     data = process(raw, cfg)
+    if meta_file is not None:
+        add_item_tokens(data, cfg, meta_file)
     data.stats["build_s"] = round(time.perf_counter() - started, 3)
     _to_cache(data, cfg, digest, path)
     data.cache_path = str(path)
