@@ -109,7 +109,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
 
 def run_layout(tp: int = 1, pp: int = 1, dp: int = 1, vpp: int = 1, *, steps: int = 4, mbs: int = 2,
                global_batch: int = 16, layers: int = 4, lr: float = 3e-3, distopt: bool = False,
-               timeout_s: float = 240.0, **extra: Any) -> dict[str, Any]:
+               timeout_s: float = 900.0, **extra: Any) -> dict[str, Any]:
     """Train with the layout on tp*pp*dp spawned gloo processes; rank 0's record."""
     from hybridrec.dist.env import free_port
 

@@ -164,9 +164,14 @@ class Trainer:
             "model": [chunk.module.state_dict() for chunk in self.chunks],
             "optimizer": self.optimizer.state_dict(),
         }
-        if hasattr(self.optimizer, "get_parameter_state_dp_reshardable"):
-            state["optimizer_param_state"] = self.optimizer.get_parameter_state_dp_reshardable()
+        # the distributed optimizer keeps Adam moments outside state_dict(): save this rank's shard
+        parts = self._optimizer_parts()
+        if any(hasattr(part, "get_parameter_state_dp_reshardable") for part in parts):
+            state["optimizer_param_state"] = [part.get_parameter_state_dp_reshardable() for part in parts]
         return state
+
+    def _optimizer_parts(self) -> list[Any]:
+        return list(getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for chunk, chunk_state in zip(self.chunks, state["model"], strict=True):
@@ -177,7 +182,8 @@ class Trainer:
                         current[name].copy_(tensor)
         self.optimizer.load_state_dict(state["optimizer"])
         if "optimizer_param_state" in state:
-            self.optimizer.load_parameter_state_from_dp_reshardable(state["optimizer_param_state"])
+            for part, part_state in zip(self._optimizer_parts(), state["optimizer_param_state"], strict=True):
+                part.load_parameter_state_from_dp_reshardable(part_state)
         self.step = int(state["step"])
 
 
