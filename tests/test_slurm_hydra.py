@@ -1,9 +1,11 @@
 """A Hydra multirun through conf/hydra/launcher/slurm.yaml (hydra-submitit-launcher) on the private
-cluster: three sweep points become one Slurm array of multi-node jobs (marker `slurm`)."""
+cluster: three sweep points become one Slurm array of multi-node jobs (marker `slurm`); the same
+sweep through conf/hydra/launcher/local.yaml without Slurm."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
 
 APP = '''
@@ -38,6 +39,7 @@ if __name__ == "__main__":
 '''
 
 
+@pytest.mark.slurm
 def test_three_point_hydra_sweep_runs_as_one_array_of_two_node_jobs(slurm_env, tmp_path):
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "config.yaml").write_text("compression:\n  ratio: 1.0\ntrain:\n  steps: 0\n")
@@ -65,3 +67,22 @@ def test_three_point_hydra_sweep_runs_as_one_array_of_two_node_jobs(slurm_env, t
     array = scripts[0].parent.name
     job_dirs = sorted(p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir() and "_" in p.name)
     assert job_dirs == [f"{array}_{i}" for i in range(3)]
+
+
+@pytest.mark.slow  # ~90 s on the shared 2-core machine (two local torch processes)
+def test_same_sweep_runs_without_slurm_through_the_local_launcher(tmp_path):
+    """conf/hydra/launcher/local.yaml: each point a local process, no cluster needed."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("compression:\n  ratio: 1.0\ntrain:\n  steps: 0\n")
+    (tmp_path / "app.py").write_text(APP)
+    sweep_dir = tmp_path / "multirun"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM")}
+    argv = [sys.executable, str(tmp_path / "app.py"), "-m", "hydra/launcher=local",
+            f"hydra.searchpath=[file://{REPO / 'conf'}]", f"hydra.sweep.dir={sweep_dir}", "compression.ratio=0.1,0.5"]
+    proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    for index, ratio in enumerate([0.1, 0.5]):
+        summary = json.loads((sweep_dir / str(index) / "summary.json").read_text())
+        assert summary["world_size"] == 1 and summary["allreduce_value"] == 1.0
+        assert yaml.safe_load((sweep_dir / str(index) / "config.resolved.yaml").read_text())["compression"][
+            "ratio"] == ratio
