@@ -35,6 +35,7 @@ def test_data_group_file_composes_into_a_typed_data_config(tmp_path: Path, name:
     data = OmegaConf.to_object(cfg.data)
     assert isinstance(data, DataConfig)
     assert data.source == name.split("_")[0]
+    assert data.item_text == name.endswith("_text")
     if name.startswith("synthetic"):
         assert data.synthetic_scale == name.split("_")[1]
 
