@@ -7,7 +7,7 @@ same initial weights; reported: global samples/s (steps * global batch / wall ti
 rank), the ratio to sync, final training loss, and HR@10 (full ranking over all items) on held-out
 transitions.
 
-Usage: .venv/bin/python benchmarks/async_dp.py [--steps 60] [--delay 0.05] [--every 1] [--out FILE]
+Usage: .venv/bin/python benchmarks/async_dp.py [--steps 100] [--delay 0.05] [--every 1] [--out FILE]
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def train_worker(rank: int, world: int, cfg: dict) -> dict:
             loss.backward()
             sync.sync_([p.grad for p in params])
             optim.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         sync.close()
         wall = torch.tensor([time.perf_counter() - start], dtype=torch.float64)
         dist.all_reduce(wall, op=dist.ReduceOp.MAX)
@@ -102,11 +102,11 @@ def train_worker(rank: int, world: int, cfg: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64, help="per-rank batch")
-    parser.add_argument("--items", type=int, default=3000)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--dim", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--delay", type=float, default=0.05, help="straggler sleep (s) on rank 1")
     parser.add_argument("--every", type=int, default=1, help="straggler sleeps every N steps")
     parser.add_argument("--algorithm", default="hierarchical", choices=["flat", "hierarchical"])

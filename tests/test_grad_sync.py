@@ -2,11 +2,13 @@
 for every algorithm, residuals survive a state_dict round trip, local SGD averages parameters
 every period, configs are validated."""
 
+import os
+
 import pytest
 import torch
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
-from hybridrec.dist.allreduce import build_comm_groups
+from hybridrec.dist.allreduce import build_comm_groups, discover_rack_map
 from hybridrec.dist.allreduce.launch import run_ranks
 from hybridrec.dist.grad_sync import GradSync, plan_buckets
 from hybridrec.errors import ConfigError
@@ -29,6 +31,12 @@ def make(groups, algorithm="flat", variant="leader", codec="none", **kw):
 def _worker(rank: int, world: int) -> dict:
     groups = build_comm_groups([list(range(world))], RackMap.from_racks_list(RACKS))
     out = {}
+    # rack map discovery from each task's Slurm variables (as Slurm's topology/tree plugin sets them)
+    os.environ.update({"SLURMD_NODENAME": f"n{rank + 1}", "SLURM_TOPOLOGY_ADDR_PATTERN": "switch.switch.node",
+                       "SLURM_TOPOLOGY_ADDR": f"spine.rack{1 + rank % 2}.n{rank + 1}"})
+    out["discovered"] = [discover_rack_map("slurm"),
+                         discover_rack_map("config", {"r1": ["n1", "n2"], "r2": ["n3"]}),
+                         discover_rack_map("single")]
     for algorithm, variant in (("flat", "leader"), ("hierarchical", "leader"), ("hierarchical", "reduce_scatter")):
         sync = make(groups, algorithm, variant)
         tensors = grads(rank, 0)
@@ -98,6 +106,33 @@ def test_local_sgd_averages_parameters_every_period(results):
         assert not averaged_1 and averaged_2
         assert all(torch.equal(p, w) for p, w in zip(params_1, grads(rank, 5)))
         assert all(torch.allclose(p, m, atol=1e-6) for p, m in zip(params_2, mean))
+
+
+def test_rack_map_discovered_from_every_ranks_slurm_variables(results):
+    slurm, config, single = results[0]["discovered"]
+    assert slurm.rack_of_rank == ("rack1", "rack2", "rack1") and slurm.hostname_of_rank == ("n1", "n2", "n3")
+    assert config.rack_of_rank == ("r1", "r1", "r2")
+    assert single.racks_of([0, 1, 2]) == [[0, 1, 2]]
+    assert all(r["discovered"] == results[0]["discovered"] for r in results)
+
+
+def test_conf_groups_compose_and_validate():
+    from hydra import compose, initialize_config_dir
+
+    from hybridrec.config import register_configs, to_run_config
+    from hybridrec.config.comm import validate_comm
+
+    register_configs()
+    conf_dir = os.path.join(os.path.dirname(__file__), "..", "conf")
+    with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
+        for algorithm in ("flat", "hierarchical"):
+            for codec in ("none", "fp16", "bf16", "topk", "sign1bit"):
+                cfg = to_run_config(compose("config", overrides=[f"+allreduce={algorithm}", f"+compression={codec}"]))
+                validate_comm(cfg.allreduce, cfg.compression)
+                assert (cfg.allreduce.algorithm, cfg.compression.codec) == (algorithm, codec)
+        cfg = to_run_config(compose("config", overrides=["+allreduce=megatron", "+compression=none"]))
+        validate_comm(cfg.allreduce, cfg.compression)
+        assert cfg.allreduce.algorithm == "megatron" and cfg.allreduce.variant == "leader"
 
 
 def test_plan_buckets_cuts_the_stream():

@@ -9,7 +9,7 @@ import torch
 
 from hybridrec.dist.allreduce.common import ReduceContext
 from hybridrec.dist.allreduce.flat import flat_sum_
-from hybridrec.dist.allreduce.groups import CommGroups, build_comm_groups, plan_groups
+from hybridrec.dist.allreduce.groups import CommGroups, build_comm_groups, discover_rack_map, plan_groups
 from hybridrec.dist.allreduce.hierarchical import leader_sum_, reduce_scatter_sum_
 from hybridrec.errors import ConfigError
 
@@ -29,4 +29,7 @@ def get_algorithm(algorithm: str, variant: str = "leader") -> SumFn:
     return ALGORITHMS[name]
 
 
-__all__ = ["ALGORITHMS", "CommGroups", "ReduceContext", "build_comm_groups", "get_algorithm", "plan_groups"]
+__all__ = [
+    "ALGORITHMS", "CommGroups", "ReduceContext", "build_comm_groups", "discover_rack_map", "get_algorithm",
+    "plan_groups",
+]

@@ -135,3 +135,37 @@ def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMa
             )
     assert mine is not None
     return mine
+
+
+def discover_rack_map(topology: str, racks: dict[str, list[str]] | None = None) -> RackMap:
+    """Build the rack map for `allreduce.topology` by gathering every rank's hostname (and Slurm
+    topology address) over the default group. Collective: call on every rank after init."""
+    import os
+    import socket
+    import subprocess
+
+    from hybridrec.topology import local_topology_from_env
+
+    world = dist.get_world_size()
+    local = local_topology_from_env(os.environ, socket.gethostname())
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, local)
+    hostnames = [g[0] for g in gathered]
+    if topology == "single":
+        return RackMap.single(world, hostnames)
+    if topology == "config":
+        return RackMap.from_mapping(racks or {}, hostnames)
+    if topology == "slurm":
+        patterns = {g[2] for g in gathered}
+        if len(patterns) != 1:
+            raise ConfigError("SLURM_TOPOLOGY_ADDR_PATTERN", sorted(patterns),
+                              "the same pattern on every rank (run under Slurm with TopologyPlugin=topology/tree)")
+        return RackMap.from_topology_addrs([g[1] for g in gathered], patterns.pop(), hostnames)
+    if topology == "scontrol":
+        text = [""]
+        if dist.get_rank() == 0:
+            text[0] = subprocess.run(["scontrol", "show", "topology"], capture_output=True, text=True,
+                                     check=True, timeout=30).stdout
+        dist.broadcast_object_list(text, src=0)
+        return RackMap.from_scontrol(text[0], hostnames)
+    raise ConfigError("allreduce.topology", topology, "one of ['slurm', 'scontrol', 'config', 'single']")
