@@ -18,10 +18,10 @@ from hybridrec.errors import ConfigError
 
 PROTOCOLS = ("uni100", "pop100")
 SPLITS = ("valid", "test")
-# users per chunk: a (chunk, num_items + 1) bool table of used items of about 32 MiB
-CHUNK_CELLS = 32 * 2**20
-# candidate blocks drawn per chunk before the remaining rows fall back to exact sampling
-MAX_BLOCKS = 8
+# users per chunk (about 16k x 120 candidates: ~60 MB of temporaries)
+CHUNK_USERS = 16_384
+# draws (each twice as wide as the last) before a row falls back to exact sampling
+MAX_ATTEMPTS = 4
 
 
 def _rng(seed: int, protocol: str, split: str) -> np.random.Generator:
@@ -36,34 +36,32 @@ def _draw(rng: np.random.Generator, shape: tuple[int, int], num_items: int, tabl
     return table[rng.integers(0, len(table), size=shape)]
 
 
-def _fill_chunk(
-    rng: np.random.Generator, users: np.ndarray, offsets: np.ndarray, items: np.ndarray, num_items: int,
-    n: int, table: np.ndarray | None, used: np.ndarray,
+def history_keys(offsets: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """Sorted keys user * (num_items + 1) + item of every interaction: the membership table."""
+    users = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    return np.sort(users * (num_items + 1) + items.astype(np.int64))
+
+
+def _take_valid(
+    cand: np.ndarray, rows: np.ndarray, keys: np.ndarray, num_items: int, n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Fill n negatives for each of `users` (a chunk): candidates are drawn in blocks and taken column
-    by column; `used` (len(users), num_items + 1) bool, all False on entry and on exit, marks the
-    row's history and the negatives taken so far. Returns (values (B, n), filled mask (B,))."""
-    rows = np.repeat(np.arange(len(users)), np.diff(offsets)[users])
-    hist = items[offsets[users[0]]:offsets[users[-1] + 1]]  # users are consecutive
-    used[rows, hist] = True
-    out = np.zeros((len(users), n), dtype=np.int64)
-    taken = np.zeros(len(users), dtype=np.int64)
-    width = n + n // 8 + 8
-    for _block in range(MAX_BLOCKS):
-        open_rows = np.flatnonzero(taken < n)
-        if len(open_rows) == 0:
-            break
-        cand = _draw(rng, (len(open_rows), width), num_items, table)
-        for col in range(width):
-            c = cand[:, col]
-            ok = ~used[open_rows, c] & (taken[open_rows] < n)
-            r, v = open_rows[ok], c[ok]
-            out[r, taken[r]] = v
-            used[r, v] = True
-            taken[r] += 1
-    used[rows, hist] = False
-    used[np.repeat(np.arange(len(users)), taken), out[np.arange(n)[None, :] < taken[:, None]]] = False
-    return out, taken == n
+    """Per row, the first n candidates that are not in the row user's history and not a repeat within
+    the row. One sort of the (row, item) keys finds both: equal neighbours are repeats, and sorted
+    queries make the history lookup cheap. Returns (rows that got n, their values)."""
+    flat = (rows[:, None] * (num_items + 1) + cand).ravel()
+    order = np.argsort(flat)
+    sorted_keys = flat[order]
+    bad_sorted = np.zeros(len(flat), dtype=bool)
+    bad_sorted[1:] = sorted_keys[1:] == sorted_keys[:-1]
+    pos = np.minimum(np.searchsorted(keys, sorted_keys), len(keys) - 1)
+    bad_sorted |= keys[pos] == sorted_keys
+    bad = np.empty_like(bad_sorted)
+    bad[order] = bad_sorted
+    good = ~bad.reshape(cand.shape)
+    rank = np.cumsum(good, axis=1)
+    ok = rank[:, -1] >= n
+    pick = good & (rank <= n)
+    return ok, cand[ok][pick[ok]].reshape(int(ok.sum()), n)
 
 
 def _exact_row(
@@ -92,8 +90,10 @@ def sample_negatives(
     protocol: str,
     split: str,
     item_counts: np.ndarray | None = None,
+    keys: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(num_users, num_negatives) int32 negatives for `protocol` ('uni100' | 'pop100') and split."""
+    """(num_users, num_negatives) int32 negatives for `protocol` ('uni100' | 'pop100') and split;
+    `keys` (from `history_keys`) may be passed to share the membership table between calls."""
     if protocol not in PROTOCOLS:
         raise ConfigError("eval.protocols", protocol, " | ".join(PROTOCOLS))
     if protocol == "pop100" and item_counts is None:
@@ -109,14 +109,19 @@ def sample_negatives(
         else:
             weights = None
     rng = _rng(seed, protocol, split)
+    keys = history_keys(offsets, items, num_items) if keys is None else keys
     out = np.zeros((num_users, n), dtype=np.int32)
-    chunk = max(1, min(num_users, CHUNK_CELLS // (num_items + 1)))
-    used = np.zeros((chunk, num_items + 1), dtype=bool)
-    for start in range(0, num_users, chunk):
-        users = np.arange(start, min(start + chunk, num_users))
-        values, filled = _fill_chunk(rng, users, offsets, items, num_items, n, table, used[: len(users)])
-        out[users[filled]] = values[filled]
-        for user in users[~filled]:
+    for start in range(0, num_users, CHUNK_USERS):
+        pending = np.arange(start, min(start + CHUNK_USERS, num_users))
+        width = n + n // 8 + 8
+        for _attempt in range(MAX_ATTEMPTS):
+            ok, values = _take_valid(_draw(rng, (len(pending), width), num_items, table), pending, keys, num_items, n)
+            out[pending[ok]] = values
+            pending = pending[~ok]
+            if len(pending) == 0:
+                break
+            width *= 2
+        for user in pending:
             history = items[offsets[user]:offsets[user + 1]]
             out[user] = _exact_row(rng, history, num_items, n, weights, int(user))
     return out
@@ -126,9 +131,10 @@ def sample_all(
     offsets: np.ndarray, items: np.ndarray, num_items: int, num_negatives: int, seed: int, item_counts: np.ndarray
 ) -> dict[str, np.ndarray]:
     """All stored negative sets: {"uni100/valid", "uni100/test", "pop100/valid", "pop100/test"}."""
+    keys = history_keys(offsets, items, num_items)
     return {
         f"{protocol}/{split}": sample_negatives(offsets, items, num_items, num_negatives, seed, protocol, split,
-                                                item_counts)
+                                                item_counts, keys)
         for protocol in PROTOCOLS
         for split in SPLITS
     }
