@@ -8,6 +8,7 @@ rank), the ratio to sync, final training loss, and HR@10 (full ranking over all 
 transitions.
 
 Usage: .venv/bin/python benchmarks/async_dp.py [--steps 100] [--delay 0.05] [--every 1] [--out FILE]
+       .venv/bin/python benchmarks/async_dp.py --codecs topk,sign1bit --ratio 0.1   (accuracy vs dense)
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ def train_worker(rank: int, world: int, cfg: dict) -> dict:
     train_x, train_y = markov_data(cfg["items"], 20_000, seed=1)
     test_x, test_y = markov_data(cfg["items"], 2_000, seed=2)
     results = {}
-    for name, mode, staleness, delay in cfg["runs"]:
+    for name, mode, staleness, delay, codec in cfg["runs"]:
         torch.manual_seed(0)
         model = NextItem(cfg["items"], cfg["dim"])
         optim = torch.optim.Adam(model.parameters(), lr=cfg["lr"])
         allreduce = AllreduceConfig(algorithm=cfg["algorithm"], mode=mode, staleness=staleness, bucket_mb=4,
                                     straggler_rank=1 if delay > 0 else -1, straggler_delay_s=delay,
                                     straggler_every=cfg["every"])
-        sync = GradSync.from_config(groups, allreduce, CompressionConfig())
+        compression = CompressionConfig(codec=codec, ratio=cfg["ratio"], hops="all")
+        sync = GradSync.from_config(groups, allreduce, compression)
         params = [p for p in model.parameters()]
         gen = torch.Generator().manual_seed(100 + rank)
         dist.barrier()
@@ -110,14 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=0.05, help="straggler sleep (s) on rank 1")
     parser.add_argument("--every", type=int, default=1, help="straggler sleeps every N steps")
     parser.add_argument("--algorithm", default="hierarchical", choices=["flat", "hierarchical"])
+    parser.add_argument("--codecs", default="", help="instead: dense vs these codecs (e.g. topk,sign1bit), no straggler")
+    parser.add_argument("--ratio", type=float, default=0.1, help="top-k ratio for --codecs")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
-    runs = [("sync, no straggler", "sync", 0, 0.0), ("sync", "sync", 0, args.delay),
-            ("async s=1", "async", 1, args.delay), ("async s=4", "async", 4, args.delay)]
+    runs = [("sync, no straggler", "sync", 0, 0.0, "none"), ("sync", "sync", 0, args.delay, "none"),
+            ("async s=1", "async", 1, args.delay, "none"), ("async s=4", "async", 4, args.delay, "none")]
+    if args.codecs:
+        runs = [("sync, no straggler", "sync", 0, 0.0, "none")] + [
+            (f"sync {codec} (ratio {args.ratio}) + EF, all hops", "sync", 0, 0.0, codec) for codec in args.codecs.split(",")]
     cfg = {**vars(args), "runs": runs}
     started = time.time()
     results = run_ranks(train_worker, WORLD, cfg, timeout_s=600)[0]
-    base = results["sync"]["samples_per_s"]
+    base = results["sync" if "sync" in results else "sync, no straggler"]["samples_per_s"]
     print(f"# async DP: {WORLD} ranks ({args.algorithm}), {args.steps} steps x {args.batch}/rank, straggler rank 1 "
           f"sleeps {args.delay}s every {args.every} step(s); {time.time() - started:.0f} s\n")
     print("samples/s = steps * batch * ranks / wall time of the slowest rank; ratio = samples/s / sync's\n")
