@@ -47,6 +47,12 @@ def test_eight_process_hybrid_matches_one_process() -> None:
 
 
 @pytest.mark.slow
+def test_uneven_pipeline_stages_match_one_process() -> None:
+    """The adaptive balancer's per-stage layer counts (megatron first/last stage sizes): 1 + 3 layers."""
+    assert_same_run(run_layout(1, 2, 1, steps=STEPS, first_stage_layers=1, last_stage_layers=3), reference())
+
+
+@pytest.mark.slow
 def test_distributed_optimizer_matches_one_process() -> None:
     assert_same_run(run_layout(1, 1, 2, steps=STEPS, distopt=True), reference())
 

@@ -83,3 +83,18 @@ def test_cpu_backend_setup_is_idempotent_and_chooses_gloo() -> None:
     assert backend.process_group_backend("auto") == "gloo"
     with pytest.raises(ConfigError, match="parallel.backend"):
         backend.process_group_backend("mpi")
+
+
+def test_transformer_config_guards_interleaved_batched_p2p_and_passes_stage_layers() -> None:
+    from hybridrec.config.model import ModelConfig
+    from hybridrec.model.sasrec import transformer_config
+
+    cfg = ModelConfig(num_layers=6, num_attention_heads=2, hidden_size=32, ffn_hidden_size=64,
+                      num_layers_in_first_pipeline_stage=2, num_layers_in_last_pipeline_stage=4)
+    with pytest.raises(ConfigError, match="batch_p2p_comm"):
+        transformer_config(cfg, 1, 2, 2, "cpu", batch_p2p_comm=True)
+    plain = transformer_config(cfg, 1, 2, 1, "cpu")
+    assert plain.batch_p2p_comm is True
+    assert plain.num_layers_in_first_pipeline_stage == 2 and plain.num_layers_in_last_pipeline_stage == 4
+    with pytest.raises(ConfigError, match="parallel.tp"):
+        transformer_config(cfg, 4, 1, 1, "cpu")

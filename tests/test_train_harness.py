@@ -61,7 +61,9 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
                                                  micro_batch_size=spec["mbs"]), world, spec["global_batch"])
     parallel.initialize(layout.tp, layout.pp, layout.vpp, seed=7)
     mcfg = ModelConfig(hidden_size=32, num_layers=spec["layers"], num_attention_heads=4, ffn_hidden_size=64,
-                       dropout=0.0, vocab_pad_multiple=64)
+                       dropout=0.0, vocab_pad_multiple=64,
+                       num_layers_in_first_pipeline_stage=spec.get("first_stage_layers"),
+                       num_layers_in_last_pipeline_stage=spec.get("last_stage_layers"))
     shape = sasrec.ModelShape(sasrec.padded_vocab_size(NUM_ITEMS, 64, layout.tp), SEQ, NUM_ITEMS)
     tconfig = sasrec.transformer_config(mcfg, layout.tp, layout.pp, layout.vpp, device)
     chunks = sasrec.build_chunks(mcfg, shape, tconfig, backend.device())
