@@ -55,8 +55,25 @@ def expand(overrides: list[str]) -> tuple[list[str], list[list[str]]]:
     return fixed, points
 
 
-def compose_point(config_dir: Path, config_name: str, fixed: list[str], point: list[str]) -> tuple[dict, dict]:
-    """(job config without the hydra node, hydra.launcher node), both resolved to plain dicts."""
+def sweeper_params(config_dir: Path, config_name: str, overrides: list[str]) -> list[str]:
+    """`hydra.sweeper.params` set by the config itself (e.g. an experiment file), as sweep overrides;
+    keys also given on the command line are left to the command line (as Hydra's basic sweeper does)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override()]
+    given = {o.get_key_element() for o in parsed}
+    try:
+        _, hydra_node = compose_point(config_dir, config_name, [], plain, node="sweeper")
+    except Exception:  # noqa: BLE001 - composition problems are reported per point by plan()
+        return []
+    params = hydra_node.get("params") or {}
+    return [f"{key}={value}" for key, value in params.items() if key not in given]
+
+
+def compose_point(config_dir: Path, config_name: str, fixed: list[str], point: list[str],
+                  node: str = "launcher") -> tuple[dict, dict]:
+    """(job config without the hydra node, the hydra.<node> node), both plain dicts (the job resolved)."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -69,7 +86,7 @@ def compose_point(config_dir: Path, config_name: str, fixed: list[str], point: l
         except ImportError:  # pragma: no cover - the package always has it
             pass
         cfg = compose(config_name=config_name, overrides=[*searchpath, *fixed, *point], return_hydra_config=True)
-        launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+        launcher = OmegaConf.to_container(cfg.hydra[node], resolve=False)
         with_hydra = OmegaConf.to_container(cfg, resolve=False)
     with_hydra.pop("hydra", None)  # type: ignore[union-attr]
     job = OmegaConf.to_container(OmegaConf.create(with_hydra), resolve=True)
@@ -96,6 +113,7 @@ def plan(sweep_dir: Path, overrides: list[str], config_dir: Path = CONF_DIR, con
     """Compose and check every point; raise ConfigError listing every problem, or return the plan."""
     from jobs.cluster_check import request_problems, sinfo_partitions
 
+    overrides = [*overrides, *sweeper_params(config_dir, config_name, overrides)]
     fixed, points = expand(overrides)
     composed, problems = [], []
     for index, point in enumerate(points):

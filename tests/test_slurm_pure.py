@@ -118,3 +118,16 @@ def test_all_ranks_stop_after_the_same_step_when_one_rank_is_signalled(tmp_path:
     assert result.returncode == 0, result
     stops = {p.name: p.read_text() for p in sorted(tmp_path.glob("rank*"))}
     assert stops == {"rank0": "5 False", "rank1": "5 True", "rank2": "5 False"}
+
+
+def test_sweep_params_of_an_experiment_file_become_points_and_the_command_line_wins(tmp_path):
+    from jobs.submit import plan
+
+    the_plan = plan(tmp_path, ["+experiment=topk_sweep", "train.steps=2"], check_cluster=False)
+    codecs = [point[-1] for point in the_plan["points"]]
+    assert codecs == [f"+experiment/codec={c}" for c in ("dense", "topk1pct", "topk10pct", "topk50pct")]
+    assert the_plan["resources"].nodes == 2 and the_plan["resources"].tasks_per_node == 2
+    assert [cfg["output_dir"] for cfg in the_plan["configs"]] == [str(tmp_path.resolve() / str(i)) for i in range(4)]
+    narrowed = plan(tmp_path, ["+experiment=topk_sweep", "+experiment/codec=dense,topk10pct"], check_cluster=False)
+    assert [p[-1] for p in narrowed["points"]] == ["+experiment/codec=dense", "+experiment/codec=topk10pct"]
+    assert [cfg["compression"]["codec"] for cfg in narrowed["configs"]] == ["none", "topk"]
