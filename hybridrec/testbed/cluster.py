@@ -112,10 +112,12 @@ class LocalCluster:
                   in_racks: bool = False, rate: str = "100mbit") -> ClusterSpec:
         """Write the cluster's files; with `in_racks` also build the rack testbed (with a host leg)."""
         self.base.mkdir(parents=True, exist_ok=True)
-        for parent in [self.base, *self.base.parents]:
-            mode = os.stat(parent).st_mode
-            if parent != Path("/") and mode & 0o111 != 0o111:
-                os.chmod(parent, mode | 0o111)  # munged: "execute permissions for all required" on parents
+        # munged refuses a socket path without x for everyone on every directory above it
+        os.chmod(self.base, os.stat(self.base).st_mode | 0o111)
+        for parent in self.base.resolve().parents:
+            if os.stat(parent).st_mode & 0o111 != 0o111:
+                raise daemons.TestbedError(f"{parent} lacks execute permission for all (munged needs it on "
+                                           f"every parent of {self.base}); use a base under /tmp")
         count = racks * nodes_per_rack
         extra: dict = {}
         if in_racks:
