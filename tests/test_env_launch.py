@@ -63,7 +63,7 @@ def test_cli_reports_failed_rank_and_timeout(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2",
                            "--grace", "1", script], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 5
-    assert "rank 0 failed (exit code 5)" in proc.stderr
+    assert "rank 0 on host " in proc.stderr and "failed (exit code 5)" in proc.stderr
     sleeper = _script(tmp_path, "sleep.py", "import time\ntime.sleep(300)\n")
     proc = subprocess.run([sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2",
                            "--timeout", "1", "--grace", "1", sleeper], capture_output=True, text=True, timeout=60, check=False)

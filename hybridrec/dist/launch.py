@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result.failed_rank is not None:
         code = result.rank_codes[result.failed_rank]
         how = f"exit code {code}" if code is not None and code >= 0 else f"signal {-(code or 0)}"
-        print(f"[launch] rank {result.failed_rank} failed ({how}); ended ranks {result.terminated}",
-              file=sys.stderr)
+        print(f"[launch] rank {result.failed_rank} on host {socket.gethostname()} failed ({how}); "
+              f"ended ranks {result.terminated}", file=sys.stderr)
     elif result.timed_out:
         print(f"[launch] timeout after {opts.timeout} s; ended ranks {result.terminated}", file=sys.stderr)
     return result.returncode
