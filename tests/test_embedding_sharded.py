@@ -15,7 +15,13 @@ import torch.multiprocessing as mp
 from hybridrec.embedding.exchange import LookupBytes, exchange_bytes, plan_exchange
 from hybridrec.embedding.groups import EmbeddingGroups, RowSharding
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad
-from hybridrec.embedding.sharded import ShardedEmbedding, create_process_groups, init_rows
+from hybridrec.embedding.sharded import (
+    ShardedEmbedding,
+    create_process_groups,
+    init_rows,
+    topology_aware_replica_sync,
+)
+from hybridrec.topology import RackMap
 
 WORLD, ROWS, DIM, SEED, LR = 4, 61, 6, 5, 0.1
 
@@ -65,8 +71,14 @@ def bits(t: torch.Tensor) -> torch.Tensor:
 def check_layout(rank: int, e: int, placement: str, scheme: str, dedup: bool, mode: str) -> None:
     name = f"E={e} {placement} {scheme} dedup={dedup} {mode} rank={rank}"
     groups = EmbeddingGroups.build(WORLD, e, placement)
-    table = ShardedEmbedding(ROWS, DIM, groups, rank, create_process_groups(groups, rank), scheme,
-                             dedup=dedup, replica_sync_mode=mode, seed=SEED)
+    pgs = create_process_groups(groups, rank)
+    replica_sync = None
+    if mode == "grad+gradsync":  # the comm engineer's rack-aware GradSync as the replica sync
+        mode = "grad"
+        replica_sync = topology_aware_replica_sync(groups, RackMap.from_racks_list(["a", "a", "b", "b"]),
+                                                   rank, algorithm="hierarchical")
+    table = ShardedEmbedding(ROWS, DIM, groups, rank, pgs, scheme, dedup=dedup, replica_sync_mode=mode,
+                             seed=SEED, replica_sync=replica_sync)
     full = init_rows(np.arange(ROWS), ROWS, DIM, 0.02, SEED)
     mine = torch.from_numpy(table.global_rows())
     assert torch.equal(table.weight.detach(), full[mine]), name
@@ -125,10 +137,10 @@ ALL_LAYOUTS = [(e, placement, scheme, dedup, "grad") for e in (1, 2, 4) for plac
            for scheme in ("modulo", "contiguous") for dedup in (True, False)
            if not (e in (1, 4) and placement == "strided")]
 ALL_LAYOUTS += [(2, "contiguous", "modulo", True, "weights"), (2, "strided", "contiguous", True, "weights"),
-                (1, "contiguous", "modulo", True, "weights")]
+                (1, "contiguous", "modulo", True, "weights"), (2, "contiguous", "modulo", True, "grad+gradsync")]
 QUICK_LAYOUTS = [(1, "contiguous", "modulo", True, "grad"), (2, "contiguous", "modulo", True, "grad"),
                  (4, "contiguous", "modulo", True, "grad"), (2, "strided", "contiguous", False, "grad"),
-                 (2, "contiguous", "modulo", True, "weights")]
+                 (2, "contiguous", "modulo", True, "weights"), (1, "contiguous", "modulo", True, "grad+gradsync")]
 
 
 def worker(rank: int, port: int, layouts: list[tuple]) -> None:

@@ -257,3 +257,19 @@ class ShardedEmbedding(torch.nn.Module):
         self.weight.data.index_copy_(0, union, tensors[0])
         if "sum" in state:
             state["sum"].index_copy_(0, union, tensors[1].squeeze(1))
+
+
+def topology_aware_replica_sync(groups: EmbeddingGroups, rack_map, rank: int, **grad_sync_kwargs):
+    """A `hybridrec.dist.grad_sync.GradSync` over my replica group (rack-aware, optionally compressed).
+
+    Collective over the world (every rank must call it, in the same order). Error feedback is off
+    by default: the replica buffers hold a different set of rows every step, so a residual kept per
+    bucket position would be added to the wrong rows. GradSync caches one bucket plan per buffer
+    size; with row-sparse buffers that cache grows with the number of distinct sizes seen.
+    """
+    from hybridrec.dist.allreduce.groups import build_comm_groups
+    from hybridrec.dist.grad_sync import GradSync
+
+    grad_sync_kwargs.setdefault("error_feedback", False)
+    comm = build_comm_groups(groups.replica_groups(), rack_map, rank)
+    return GradSync(comm, **grad_sync_kwargs)
