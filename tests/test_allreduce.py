@@ -49,6 +49,12 @@ def _worker(rank: int, world: int) -> dict:
                 tensor = _input(rank)
                 ALGORITHMS[name](tensor, ctx, "b0")
                 out[(layout_name, codec_name, name)] = (tensor, counter.step_end())
+        for name in ALGORITHMS:  # every hop compressed (fp16: close to the exact sum)
+            ctx = ReduceContext(groups, ByteCounter(rack_map, rank), compress_all_hops=True,
+                                codec=make_codec(CompressionConfig(codec="fp16", hops="all")))
+            tensor = _input(rank)
+            ALGORITHMS[name](tensor, ctx, "b0")
+            out[(layout_name, "fp16_all_hops", name)] = (tensor, ctx.counter.step_end())
     return out
 
 
@@ -80,6 +86,21 @@ def test_every_rank_gets_identical_result_with_codecs(layout):
             first = results[0][(codec_name, name)][0]
             for rank_out in results[1:]:
                 assert torch.equal(rank_out[(codec_name, name)][0], first), (codec_name, name)
+
+
+def test_all_hops_compressed_is_close_and_identical_on_every_rank(layout):
+    racks, results = layout
+    expected = sum(_input(r) for r in range(len(racks)))
+    for name in ALGORITHMS:
+        first = results[0][("fp16_all_hops", name)][0]
+        assert torch.allclose(first, expected, rtol=1e-2, atol=1e-2), name
+        assert all(torch.equal(r[("fp16_all_hops", name)][0], first) for r in results[1:]), name
+    # leader variant: members send fp16 payloads (S/2) instead of S to the leader; the broadcast stays dense.
+    # (all-gather based stages - flat, reduce-scatter's rack stage - send (m-1) * P: fp16 does not pay there)
+    key = ("fp16_all_hops", "hierarchical/leader")
+    members = len(racks) - len(set(racks))
+    intra = sum(r[key][1]["bytes/intra_rack"] for r in results)
+    assert intra == members * NUMEL * 2 + members * NUMEL * 4
 
 
 def _total(results, key, kind):

@@ -10,7 +10,9 @@
 Both send 2(R-1) * S across racks in total (R racks, S bytes), vs the flat ring's
 (#ring edges joining two racks) * 2(n-1)/n * S. The cross-rack hop uses the codec when one is set;
 intra-rack hops use it only with hops=all (the final intra-rack gather/broadcast of already
-reduced values stays dense: compressing it would need a second error memory).
+reduced values stays dense: compressing it would need a second error memory). With hops=all the
+reduce-scatter variant's rack stage becomes an all-gather of payloads, (m-1) * P per rank instead of
+the ring's (m-1)/m * S: it saves bytes only when P < S/m (top-k, 1-bit; not fp16 at m >= 2).
 
 On gloo, the leader variant measured faster (NOTES.md section 3: gloo's reduce_scatter is slow on
 2 cores); it is the default (`allreduce.variant`).
