@@ -19,6 +19,7 @@ Usage: .venv/bin/python benchmarks/allreduce.py [--testbed] [--sizes-mib 1,4,16,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -34,7 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrec.config.comm import CompressionConfig
 from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import ReduceContext, build_comm_groups, get_algorithm, hierarchical
+from hybridrec.dist.allreduce import (
+    ReduceContext,
+    build_comm_groups,
+    discover_rack_map,
+    get_algorithm,
+    hierarchical,
+)
 from hybridrec.dist.allreduce.launch import run_ranks
 from hybridrec.dist.compression import make_codec
 from hybridrec.io import atomic_write_json
@@ -58,7 +65,10 @@ def bench_worker(rank: int, world: int, cfg: dict) -> list[dict]:
     torch.set_num_threads(1)
     hierarchical.PIPELINE_CHUNK_BYTES = int(cfg["pipeline_chunk_mib"] * 2**20)
     hierarchical.PIPELINE_DEPTH = int(os.environ.get("HYBRIDREC_PIPELINE_DEPTH", hierarchical.PIPELINE_DEPTH))
-    rack_map = RackMap.from_racks_list(cfg["racks_of_rank"])
+    if cfg["racks_of_rank"] is None:  # under Slurm: racks from every task's SLURM_TOPOLOGY_ADDR
+        rack_map = discover_rack_map("slurm")
+    else:
+        rack_map = RackMap.from_racks_list(cfg["racks_of_rank"])
     groups = build_comm_groups([list(range(world))], rack_map)
     fabric = cfg.get("fabric") if rank == 0 else None
     warm = torch.ones(1024)
@@ -88,7 +98,8 @@ def bench_worker(rank: int, world: int, cfg: dict) -> list[dict]:
             sent = torch.tensor([counter.totals()["bytes/cross_rack"], counter.totals()["bytes/total"]],
                                 dtype=torch.float64)
             dist.all_reduce(sent)
-            records.append({"size_mib": size_mib, "algo": algo, "time_s": statistics.median(times),
+            records.append({"size_mib": size_mib, "algo": algo, "racks": list(rack_map.rack_of_rank),
+                            "hosts": list(rack_map.hostname_of_rank), "time_s": statistics.median(times),
                             "times_s": times, "xrack_bytes": int(sent[0]), "total_bytes": int(sent[1]),
                             "uplink_out_bytes": uplink})
     return records
@@ -116,6 +127,48 @@ def _testbed_run(cfg: dict, orders: list[str], rate: str, timeout_s: float) -> d
             results[order] = run_ranks(bench_worker, len(placement), run_cfg, timeout_s=timeout_s,
                                        master_addr=spec.addr(placement[0]), netns=netns)[0]
     return results
+
+
+# ---- Slurm mode: the local cluster's nodes live in the rack namespaces ------------------------------------
+def _slurm_run(cfg: dict, rate: str, timeout_s: float) -> dict[str, list[dict]]:
+    from hybridrec.testbed.cluster import LocalCluster
+    from hybridrec.testbed.fabric import uplink_counter_paths
+
+    base = Path(tempfile.mkdtemp(prefix="hybridrec-bench-slurm-"))
+    os.chmod(base, 0o711)
+    cluster = LocalCluster(base)
+    try:
+        cluster.up(in_racks=True, rate=rate, cpus_per_node=2)
+        fab = cluster.racks.spec  # type: ignore[union-attr]
+        task_cfg = {**cfg, "racks_of_rank": None,
+                    "fabric": {"ns": fab.fabric_ns, "counters": {r: uplink_counter_paths(fab, r) for r in fab.racks}}}
+        out = base / "slurm_result.json"
+        cluster.run(["srun", "-N4", "-n4", "--ntasks-per-node=1", sys.executable, __file__, "--slurm-task",
+                     json.dumps(task_cfg), "--out", str(out)], timeout=timeout_s)
+        return {"slurm (rank order by node)": json.loads(out.read_text())}
+    finally:
+        problems = cluster.down()
+        if problems:
+            print(f"slurm teardown problems: {problems} (logs in {base})", file=sys.stderr)
+
+
+def _slurm_task(cfg: dict, out: str) -> None:
+    """One srun task: rank/world/master from Slurm, racks from SLURM_TOPOLOGY_ADDR."""
+    import datetime
+
+    rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+    nodes = subprocess.run(["scontrol", "show", "hostnames", os.environ["SLURM_JOB_NODELIST"]],
+                           capture_output=True, text=True, check=True).stdout.split()
+    port = 20000 + int(os.environ["SLURM_JOB_ID"]) % 20000
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "eth0")
+    dist.init_process_group("gloo", init_method=f"tcp://{nodes[0]}:{port}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=300))
+    try:
+        records = bench_worker(rank, world, cfg)
+        if rank == 0:
+            atomic_write_json(out, records)
+    finally:
+        dist.destroy_process_group()
 
 
 # ---- report -------------------------------------------------------------------------------------------
@@ -156,24 +209,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-chunk-mib", type=float, default=4.0,
                         help="dense leader variant: chunk size of the intra/cross-rack pipeline")
     parser.add_argument("--timeout", type=float, default=170.0, help="seconds per rank order")
+    parser.add_argument("--slurm", action="store_true",
+                        help="run once as a job of the local Slurm cluster whose nodes sit in the rack namespaces")
+    parser.add_argument("--slurm-task", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help="write results as JSON here")
     args = parser.parse_args(argv)
+    if args.slurm_task:
+        _slurm_task(json.loads(args.slurm_task), args.out)
+        return 0
     cfg = {"sizes_mib": [float(s) for s in args.sizes_mib.split(",")], "algos": args.algos.split(","),
            "variant": args.variant, "ratio": args.ratio, "repeats": args.repeats,
            "pipeline_chunk_mib": args.pipeline_chunk_mib}
     results, started = {}, time.time()
-    if args.testbed:
+    if args.slurm:
+        results = _slurm_run(cfg, args.rate, args.timeout)
+    elif args.testbed:
         results = _testbed_run(cfg, args.orders.split(","), args.rate, args.timeout)
     else:
         for order in args.orders.split(","):
             results[order] = run_ranks(bench_worker, 4, {**cfg, "racks_of_rank": ORDERS[order]},
                                        timeout_s=args.timeout)[0]
     rate_bits = None
-    if args.testbed and args.rate:
+    if (args.testbed or args.slurm) and args.rate:
         from hybridrec.testbed.fabric import rate_bits as parse_rate
 
         rate_bits = parse_rate(args.rate)
-    mode = f"testbed 2x2, uplinks {args.rate or 'unshaped'}" if args.testbed else "loopback (logical racks)"
+    mode = (f"{'Slurm job on ' if args.slurm else ''}testbed 2x2, uplinks {args.rate or 'unshaped'}"
+            if args.testbed or args.slurm else "loopback (logical racks)")
     print(f"# all-reduce benchmark: {mode}, variant={args.variant}, top-k ratio={args.ratio}, "
           f"{time.time() - started:.0f} s\n")
     print(report(results, rate_bits))
