@@ -17,6 +17,11 @@ class ModelConfig:
     vocab_pad_multiple: int = 128
     # id | text | text+id (item representation; text needs item metadata)
     item_repr: str = "id"
+    # text+id only: sum (id row + text encoding) | concat (Linear([id row ; text encoding]))
+    item_fusion: str = "sum"
+    # pooling of an item's token embeddings: mean | transformer (item_text_layers pre-norm layers, then mean)
+    item_text_pool: str = "mean"
+    item_text_layers: int = 1
     # std of the normal init of weight matrices and embeddings (biases 0, norms 1)
     init_std: float = 0.02
     # seed of the layout-independent init (each parameter from a generator seeded by its global name)

@@ -84,10 +84,13 @@ def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str
     )
 
 
-def build_chunks(cfg: ModelConfig, shape: ModelShape, tconfig: Any, device: torch.device) -> list[torch.nn.Module]:
+def build_chunks(cfg: ModelConfig, shape: ModelShape, tconfig: Any, device: torch.device,
+                 item_tokens: Any = None) -> list[torch.nn.Module]:
     """This rank's GPTModel chunks (one per virtual stage), with layout-independent initial weights.
 
-    Requires megatron's parallel_state to be initialised for the layout in `tconfig`.
+    Requires megatron's parallel_state to be initialised for the layout in `tconfig`. With
+    `cfg.item_repr != "id"` the chunks fuse item text (`item_tokens`: ProcessedData.item_tokens) into
+    the item table (`hybridrec.model.item_text`).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -95,10 +98,16 @@ def build_chunks(cfg: ModelConfig, shape: ModelShape, tconfig: Any, device: torc
 
     vpp = tconfig.virtual_pipeline_model_parallel_size
     tp_size, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+    model_class, extra = GPTModel, {}
+    if cfg.item_repr != "id":  # item text (issue 10): a GPTModel subclass, see hybridrec.model.item_text
+        from hybridrec.model import item_text
+
+        model_class = item_text.item_text_model_class()
+        extra = {"item_text": item_text.make_spec(cfg, shape.vocab_size, item_tokens, tp_size)}
     chunks = []
     for stage in range(vpp or 1):
         kwargs = {"vp_stage": stage} if vpp else {}
-        chunk = GPTModel(
+        chunk = model_class(
             config=tconfig,
             transformer_layer_spec=get_gpt_layer_local_spec(),
             vocab_size=shape.vocab_size,
@@ -109,6 +118,7 @@ def build_chunks(cfg: ModelConfig, shape: ModelShape, tconfig: Any, device: torc
             share_embeddings_and_output_weights=True,
             position_embedding_type="learned_absolute",
             **kwargs,
+            **extra,
         )
         infos = P.param_infos(chunk, tp_size, tp_rank, tied_output=True)
         P.initialize_chunk(chunk, infos, cfg.init_std, cfg.init_seed)
