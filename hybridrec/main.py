@@ -111,7 +111,8 @@ class _Job:
         self.grad_sync, finalize = _grad_sync(cfg, lay, self.rank)
         tconfig = sasrec.transformer_config(cfg.model, lay.tp, lay.pp, lay.vpp, self.device_name,
                                             cfg.parallel.batch_p2p_comm)
-        chunks = sasrec.build_chunks(cfg.model, self.shape, tconfig, backend.device())
+        chunks = sasrec.build_chunks(cfg.model, self.shape, tconfig, backend.device(),
+                                     item_tokens=getattr(self.data, "item_tokens", None))  # item_repr != id
         self.param_infos = [chunk.hybridrec_param_infos for chunk in chunks]
         self.trainer = Trainer(chunks, tconfig, lay, cfg.train,
                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
