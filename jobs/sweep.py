@@ -1,10 +1,11 @@
-"""State of a detached sweep, from its directory and Slurm: `python -m jobs.sweep status|collect DIR`.
+"""State of a detached sweep, from its directory and Slurm: `python -m jobs.sweep status|collect|rerun DIR`.
 
 A point is `queued` or `running` while Slurm lists its job (squeue), `done` when rank 0 wrote its
 summary.json, `failed` with a reason otherwise: the first error a rank reported through submitit
 (its result pickle), Slurm's accounting when there is a slurmdbd (sacct), or "left the queue without a
 result" plus the tail of the job's log. Without slurmdbd (`sacct` fails) the state is inferred from
-result files and squeue alone. The state logic (`point_state`) is pure.
+result files and squeue alone. The state logic (`point_state`) is pure. `rerun` queues only the failed
+points again (`--set key=value` to change their config first).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -64,17 +66,34 @@ def _task_errors(folder: Path, job_id: str) -> list[str]:
     """Errors reported by the ranks of a submitit job (their result pickles), earliest first: the rank
     that failed first is the cause, the others usually saw its connection close."""
     errors = []
+    reported = set()
     for path in sorted(folder.glob(f"{job_id}_*_result.pkl"), key=lambda p: p.stat().st_mtime_ns):
+        rank = path.name[len(job_id) + 1:].split("_")[0]
+        reported.add(rank)
         try:
             with open(path, "rb") as handle:
                 outcome, payload = pickle.load(handle)
         except Exception:  # noqa: BLE001, S112 - a half-written or foreign pickle is no evidence
             continue
         if outcome == "error":
-            rank = path.name[len(job_id) + 1:].split("_")[0]
             lines = [line for line in str(payload).strip().splitlines() if line.strip()]
-            errors.append(f"rank {rank}: {lines[-1] if lines else 'error'}")
-    return errors
+            errors.append(f"rank {rank}{_rank_host(folder, job_id, rank)}: {lines[-1] if lines else 'error'}")
+    # a rank that started but left no result while others reported died silently (SIGKILL, OOM killer):
+    # it is the cause, the others only saw its connection close
+    started = {p.name[len(job_id) + 1:].split("_")[0] for p in folder.glob(f"{job_id}_*_log.out")}
+    silent = sorted(started - reported, key=lambda r: int(r) if r.isdigit() else 0) if reported else []
+    return [f"rank {rank}{_rank_host(folder, job_id, rank)}: ended without a result (killed by a signal "
+            f"or the OOM killer?)" for rank in silent] + errors
+
+
+def _rank_host(folder: Path, job_id: str, rank: str) -> str:
+    """' on <node>' from submitit's log of that rank ('' when unknown)."""
+    path = folder / f"{job_id}_{rank}_log.out"
+    try:
+        match = re.search(r"hostname=([^,\s)]+)", path.read_text(errors="replace"))
+    except OSError:
+        return ""
+    return f" on {match.group(1)}" if match else ""
 
 
 def _log_tail(folder: Path, job_id: str, lines: int = 3) -> str:
@@ -118,11 +137,67 @@ def collect(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[
     return out
 
 
+def rerun(sweep_dir: Path, env: Mapping[str, str] | None = None, overrides: list[str] | None = None) -> list[int]:
+    """Queue the failed points again (one new array), as they were or with `key=value` overrides applied
+    to their config.yaml; done, queued and running points are left alone. The failed attempt's
+    summary.json is kept as summary.attempt<k>.json and the manifest records each point's earlier job
+    ids under `history`. Returns the indices queued again."""
+    import os
+
+    import submitit
+    import yaml
+    from omegaconf import OmegaConf
+
+    from hybridrec.io import atomic_write_bytes, atomic_write_json
+    from jobs.requeue import RequeueableTask
+
+    sweep_dir = Path(sweep_dir)
+    manifest = json.loads((sweep_dir / MANIFEST).read_text())
+    failed = [row["index"] for row in status(sweep_dir, env) if row["state"] == "failed"]
+    if not failed:
+        return []
+    cfgs = []
+    for index in failed:
+        point = manifest["points"][index]
+        cfg = OmegaConf.create(yaml.safe_load((Path(point["dir"]) / "config.yaml").read_text()))
+        for item in overrides or []:
+            key, _, value = item.partition("=")
+            OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        atomic_write_bytes(Path(point["dir"]) / "config.yaml", yaml.safe_dump(plain, sort_keys=False).encode())
+        summary = Path(point["dir"]) / "summary.json"
+        if summary.exists():
+            summary.rename(summary.with_name(f"summary.attempt{len(point.get('history', [])) + 1}.json"))
+        cfgs.append(plain)
+    saved = {k: os.environ.get(k) for k in (env or {})}
+    os.environ.update(env or {})  # submitit runs sbatch with os.environ
+    try:
+        executor = submitit.SlurmExecutor(folder=manifest["submitit_folder"])
+        executor.update_parameters(job_name=sweep_dir.resolve().name, **manifest["resources"])
+        jobs = executor.map_array(RequeueableTask(manifest["task"]), cfgs)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    for index, job in zip(failed, jobs, strict=True):
+        point = manifest["points"][index]
+        point["history"] = [*point.get("history", []), point["job_id"]]
+        point["job_id"] = job.job_id
+        if overrides:
+            point["rerun_overrides"] = [*point.get("rerun_overrides", []), *overrides]
+    atomic_write_json(sweep_dir / MANIFEST, manifest)
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["status", "collect"])
+    parser.add_argument("action", choices=["status", "collect", "rerun"])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="rerun: override applied to every failed point's config")
     args = parser.parse_args(argv)
     if not (args.sweep_dir / MANIFEST).exists():
         print(f"no {MANIFEST} in {args.sweep_dir}", file=sys.stderr)
@@ -135,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             reason = f"  ({row['reason']})" if row["reason"] else ""
             print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}\t{' '.join(row['overrides'])}")
         return 0 if all(row["state"] != "failed" for row in rows) else 1
+    if args.action == "rerun":
+        queued = rerun(args.sweep_dir, overrides=args.set)
+        print(f"queued again: {queued}" if queued else "no failed point")
+        return 0
     rows = collect(args.sweep_dir)
     print(json.dumps(rows, indent=2, default=str))
     return 0
