@@ -19,6 +19,7 @@ the real code runs (nothing else in the package imports this module):
     python -m hybridrec.dist.launch --nproc-per-node 2 hybridrec.faults run jobs.train_job [overrides]
     python -m hybridrec.faults worker --steps 20     # a small gloo step loop (one all_reduce per step)
     jobs.submit task "hybridrec.faults:train"        # Slurm: the default training task, knob from env
+    jobs.submit task "hybridrec.faults:worker_task"  # Slurm: the gloo step loop, knob from env
 """
 
 from __future__ import annotations
@@ -185,6 +186,14 @@ def train(cfg: dict) -> Any:
     from jobs.submit import train as default_train
 
     return default_train(cfg)
+
+
+def worker_task(cfg: dict) -> int:
+    """Slurm task (`--task hybridrec.faults:worker_task`): `worker` with train.steps, probe.step_seconds,
+    probe.timeout_s from the point's config and the knob from env."""
+    train_cfg, probe = cfg.get("train") or {}, cfg.get("probe") or {}
+    return worker(int(train_cfg.get("steps", 20)), float(probe.get("step_seconds", 0.05)),
+                  float(probe.get("timeout_s", 60.0)))
 
 
 def worker(steps: int, step_seconds: float, timeout_s: float) -> int:
