@@ -19,7 +19,7 @@ from hybridrec.telemetry.timers import PHASES
 PHASE_COLORS = {
     "forward": "#4c72b0", "backward": "#55a868", "optimizer": "#8172b2", "dp_comm_intra": "#dd8452",
     "dp_comm_cross": "#c44e52", "dp_comm": "#e8a33d", "tp_comm": "#937860", "pp_p2p": "#da8bc3",
-    "pp_bubble": "#8c8c8c", "other": "#cccccc",
+    "pp_bubble": "#64b5cd", "other": "#cccccc",
 }
 
 

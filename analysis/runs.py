@@ -182,6 +182,8 @@ def _reduce_telemetry(run: Run, ranks: dict[int, dict[str, Any]], skip_steps: in
     run.gpu_util_pct, run.gpu_mem_util_pct = _mean(gpu_util), _mean(gpu_mem)
     run.cpu_util_pct = _mean(cpu_util)
     run.nvml_absent_reason = "; ".join(sorted(reasons))
+    if not any(len(data["samples"].get("t_s", [])) for data in ranks.values()):
+        run.notes.append("no utilization samples in telemetry (the trainer ran without the sampler)")
 
 
 def load_run(run_dir: Path, skip_steps: int = 1) -> Run:

@@ -66,8 +66,8 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
          "communication. `*` = no telemetry: the trainer's summary comm_share (dp comm time / step time)."),
         "[3] Data-parallel gradient communication only: (dp_comm_intra + dp_comm_cross + dp_comm) / step time.",
         ("[4] NVML GPU utilization (percent of time a kernel ran), mean over all samples of all GPUs of all "
-         "ranks. n/a = NVML absent" + (f" ({'; '.join(reasons)})" if reasons else "")
-         + ": no GPU numbers are made up."),
+         "ranks. n/a = no NVML samples: NVML absent" + (f" ({'; '.join(reasons)})" if reasons else "")
+         + " or no sampler in the run (see Notes); no GPU numbers are made up."),
         "[5] NVML memory used / total, mean over the same samples.",
         ("[6] CPU time of the training process per wall second × 100 (100 = one core busy), mean over "
          "samples and ranks; sampled only where NVML is absent."),
