@@ -18,7 +18,7 @@ if [ -n "$reason" ]; then
   exec $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single
 fi
 BASE=$(mktemp -d /tmp/hybridrec-demo-XXXX)
-trap '$PY -m hybridrec.testbed.cluster down --base "$BASE"' EXIT
+trap '$PY -m hybridrec.testbed.cluster down --base "$BASE" && rm -rf "$BASE"' EXIT
 $PY -m hybridrec.testbed.cluster up --base "$BASE" --cpus 4 > "$BASE/up.log"; head -1 "$BASE/up.log"
 export SLURM_CONF=$BASE/etc/slurm.conf
 $PY -m jobs.submit --sweep-dir "$OUT" "${ARGS[@]}"

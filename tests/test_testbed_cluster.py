@@ -4,8 +4,10 @@ failed start that still leaves no daemon behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 
 import pytest
 
@@ -17,12 +19,18 @@ pytestmark = [pytest.mark.slurm,
                                  reason="needs root and Debian's slurmctld/slurmd/munge")]
 
 
+@pytest.fixture
+def base() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="hybridrec-slurm-life-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _all_dead(pids: dict[str, int]) -> bool:
     return daemons.wait_until(lambda: not any(daemons.alive(p) for p in pids.values()), 10)
 
 
-def test_cluster_restarts_in_the_same_base_and_stops_every_daemon():
-    base = tempfile.mkdtemp(prefix="hybridrec-slurm-life-")
+def test_cluster_restarts_in_the_same_base_and_stops_every_daemon(base):
     cluster = LocalCluster(base)
     for _ in range(2):
         seconds = cluster.up(cpus_per_node=2)
@@ -36,8 +44,7 @@ def test_cluster_restarts_in_the_same_base_and_stops_every_daemon():
         assert _all_dead(pids)
 
 
-def test_failed_start_tears_down_what_was_started():
-    base = tempfile.mkdtemp(prefix="hybridrec-slurm-fail-")
+def test_failed_start_tears_down_what_was_started(base):
     cluster = LocalCluster(base)
     spec = cluster.configure()
     with socket.socket() as squatter:  # the controller's port is taken: slurmctld cannot start

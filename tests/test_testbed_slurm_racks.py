@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -43,6 +44,8 @@ def test_slurm_job_ranks_all_reduce_over_shaped_uplinks(tmp_path):
         after = {rack: cluster.racks.uplink_bytes(rack) for rack in cluster.racks.spec.racks}
     finally:
         problems = cluster.down()
+        if not problems:
+            shutil.rmtree(base, ignore_errors=True)
     assert rows[0]["state"] == "done", rows
     assert problems == []
     summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
