@@ -170,7 +170,7 @@ class ShardedEmbedding(torch.nn.Module):
             values = init_rows(self.global_rows(), num_rows, dim, init_std, seed)
         else:  # fast init for benchmarks: only this shard's rows, seeded by (seed, shard)
             gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + self.shard_rank)
-            values = torch.randn(self.local_rows, dim, generator=gen) * init_std
+            values = torch.empty(self.local_rows, dim).normal_(0.0, init_std, generator=gen)  # one buffer
         self.weight = torch.nn.Parameter(values)
         m = groups.num_replicas
         if replica_sync is None and m > 1:
