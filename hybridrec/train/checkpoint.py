@@ -16,6 +16,7 @@ on one process.
 from __future__ import annotations
 
 import json
+import pickle
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -97,10 +98,22 @@ def read_manifest(ckpt: str | Path) -> dict[str, Any]:
     path = Path(ckpt) / MANIFEST
     if not path.exists():
         raise DataError(path, "checkpoint manifest missing (incomplete or not a checkpoint directory)")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, OSError) as err:
+        raise DataError(path, f"unreadable checkpoint manifest (truncated or corrupt): {err}") from None
     if manifest.get("format") != FORMAT:
         raise DataError(path, f"checkpoint format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest
+
+
+def _load_file(path: Path) -> dict[str, Any]:
+    """torch.load of one rank file; a missing, truncated or corrupt file is a DataError naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(path, f"unreadable checkpoint file (missing, truncated or corrupt): {first}") from None
 
 
 def restore(ckpt: str | Path, trainer: Any, layout: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +126,7 @@ def restore(ckpt: str | Path, trainer: Any, layout: dict[str, Any]) -> dict[str,
         if manifest["layout"].get(key) != layout.get(key):
             raise ConfigError(f"parallel.{key}", layout.get(key),
                               f"{manifest['layout'].get(key)} to resume {ckpt} (saved with that layout)")
-    payload = torch.load(rank_file(ckpt, dist.get_rank()), map_location="cpu", weights_only=False)
+    payload = _load_file(rank_file(ckpt, dist.get_rank()))
     trainer.load_state_dict(payload["trainer"])
     set_rng_state(payload["rng"])
     return payload["extra"]
@@ -126,7 +139,7 @@ def load_full_state(ckpt: str | Path) -> tuple[dict[str, Any], dict[str, torch.T
     for entry in manifest["files"]:
         if entry["dp"] != 0:
             continue
-        payload = torch.load(Path(ckpt) / entry["file"], map_location="cpu", weights_only=False)
+        payload = _load_file(Path(ckpt) / entry["file"])
         for infos, chunk_state in zip(payload["param_infos"], payload["trainer"]["model"], strict=True):
             for raw in infos:
                 info = ParamInfo(**{**raw, "local_shape": tuple(raw["local_shape"])})
