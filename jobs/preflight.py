@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose(opts.overrides, opts.config_name)
     except (HydraException, OmegaConfBaseException, ValueError) as err:  # report, do not trace
-        print(f"preflight: config does not compose: {err}", file=sys.stderr)
+        cause = f": {str(err.__cause__).splitlines()[0]} ({err.__cause__.full_key})" if isinstance(
+            err.__cause__, OmegaConfBaseException) and getattr(err.__cause__, "full_key", None) else ""
+        print(f"preflight: config does not compose: {err}{cause}", file=sys.stderr)
         return 2
     world = opts.world_size or default_world_size(cfg)
     found: list[ConfigError] = preflight.problems(cfg, world)
