@@ -34,11 +34,13 @@ def point_state(squeue_state: str | None, summary: Mapping[str, Any] | None, tas
         if squeue_state in SQUEUE_RUNNING:
             return "running", ""
         return "queued", squeue_state.lower()
-    if summary is not None:
-        return "failed", str(summary.get("error") or f"summary status {summary.get('status')}")
+    # the ranks' own errors first: rank 0's summary may only hold the broken connection to the rank
+    # that failed first
     if task_errors:
         more = f" (then {len(task_errors) - 1} other rank(s) failed)" if len(task_errors) > 1 else ""
         return "failed", task_errors[0] + more
+    if summary is not None:
+        return "failed", str(summary.get("error") or f"summary status {summary.get('status')}")
     if sacct_state and sacct_state not in ("RUNNING", "PENDING", "COMPLETED"):
         return "failed", f"slurm: {sacct_state}"
     return "failed", "left the queue without a result" + (f"; log: {log_tail}" if log_tail else "")
@@ -115,7 +117,7 @@ def status(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[s
         summary_path = Path(point["dir"]) / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
         in_queue = queue.get(job_id)
-        finished = summary is None and in_queue is None
+        finished = in_queue is None and (summary is None or summary.get("status", "done") != "done")
         state, reason = point_state(
             in_queue, summary,
             _task_errors(folder, job_id) if finished else [],

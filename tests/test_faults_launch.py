@@ -100,3 +100,14 @@ def test_hanging_rank_makes_the_others_time_out_with_a_clear_error() -> None:
     assert re.search(r"\[launch\] rank [02] on host \S+ failed", proc.stderr), proc.stderr[-2000:]
     assert after is not None and 8.0 <= after < 40, after
     print(f"hang: launcher exited {after:.2f} s after the hang began (collective timeout 8 s, wall {wall:.1f} s)")
+
+
+def test_sweep_status_names_the_rank_that_failed_first_not_rank0s_broken_connection() -> None:
+    from jobs.sweep import point_state
+
+    summary = {"status": "failed", "error": "RuntimeError: Connection reset by peer"}
+    errors = ["rank 1 on n2: ended without a result (killed by a signal or the OOM killer?)",
+              "rank 0 on n1: RuntimeError: Connection reset by peer"]
+    assert point_state(None, summary, errors, None, "") == (
+        "failed", errors[0] + " (then 1 other rank(s) failed)")
+    assert point_state(None, summary, [], None, "") == ("failed", summary["error"])
