@@ -81,6 +81,7 @@ def test_preflight_refuses_bad_overrides_naming_the_key(override: str, expected:
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~60 s on a loaded 2-core machine (the job imports megatron before Hydra composes)
 def test_train_job_with_a_bad_override_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "jobs.train_job", "train.steps=abc", f"hydra.run.dir={out}"],

@@ -111,3 +111,31 @@ def test_sweep_status_names_the_rank_that_failed_first_not_rank0s_broken_connect
     assert point_state(None, summary, errors, None, "") == (
         "failed", errors[0] + " (then 1 other rank(s) failed)")
     assert point_state(None, summary, [], None, "") == ("failed", summary["error"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["kill", "raise"])
+def test_real_trainer_rank_dying_ends_the_job_without_a_done_result(kind: str, tmp_path: Path) -> None:
+    """dp2 training under the local launcher, rank 1 dies at step 2: the launch ends, names rank 1,
+    leaves no process, and no summary.json says done (rank 0 records the failure if it gets to)."""
+    token = uuid.uuid4().hex
+    out = tmp_path / "run"
+    env = {**os.environ, "HYBRIDREC_FAULT": f"kind={kind},rank=1,step=2", "FAULT_TOKEN": token}
+    argv = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2", "--grace", "2", "--timeout", "600",
+            "hybridrec.faults", "run", "jobs.train_job", "parallel=dp2", "parallel.micro_batch_size=16",
+            "model=sasrec_tiny", "train=quick", "train.steps=6", "eval.protocols=[uni100]", "eval.baseline=false",
+            "telemetry.enabled=false", "parallel.timeout_s=300", f"hydra.run.dir={out}",
+            f"data.cache_dir={tmp_path / 'cache'}"]
+    proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=700, check=False)
+    end = time.time()
+    assert proc.returncode != 0
+    assert re.search(r"\[launch\] rank 1 on host \S+ failed", proc.stderr), proc.stderr[-3000:]
+    injected = re.search(r"\[fault\] injecting .* t=(\d+\.\d+)", proc.stderr)
+    assert injected and end - float(injected.group(1)) < 30
+    assert leftover_processes(token) == []
+    summary = out / "summary.json"
+    if summary.exists():
+        import json
+
+        assert json.loads(summary.read_text())["status"] == "failed"
+    print(f"trainer {kind}: launcher exited {end - float(injected.group(1)):.2f} s after the fault")

@@ -103,7 +103,8 @@ def test_real_trainer_rank_raising_fails_the_job_with_the_injected_error(slurm_e
     start = time.monotonic()
     sweep_dir = tmp_path / "trainer"
     submit_mod.submit(sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1",
-                                  "parallel=dp2", "model=sasrec_tiny", "train=quick", "train.steps=6",
+                                  "parallel=dp2", "parallel.micro_batch_size=16", "model=sasrec_tiny", "train=quick",
+                                  "train.steps=6",
                                   "eval.protocols=[uni100]", "eval.baseline=false", "telemetry.enabled=false",
                                   f"data.cache_dir={tmp_path / 'cache'}", "parallel.timeout_s=120"],
                       task="hybridrec.faults:train", config_dir=CONF_DIR,
