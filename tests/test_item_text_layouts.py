@@ -1,4 +1,4 @@
-"""Item-text models (text, text+id with sum and concat fusion) train identically under tp=2, pp=2 and
+"""Item-text models (text, text+id with sum and concat fusion; mean and transformer pooling) train identically under tp=2, pp=2 and
 tp2 x pp2 as on one process: same losses and grad norms (float-order tolerance, as
 tests/test_equivalence_layouts.py) and the same eval ranks (full and uni100).
 
@@ -19,8 +19,8 @@ STEPS = 4
 
 
 @functools.cache
-def reference(item_repr: str, fusion: str) -> dict:
-    return run_text_layout(item_repr=item_repr, fusion=fusion, steps=STEPS)
+def reference(item_repr: str, fusion: str, pool: str = "mean") -> dict:
+    return run_text_layout(item_repr=item_repr, fusion=fusion, pool=pool, steps=STEPS)
 
 
 def assert_same_run(got: dict, ref: dict) -> None:
@@ -39,3 +39,10 @@ def assert_same_run(got: dict, ref: dict) -> None:
 def test_item_text_layout_matches_one_process(item_repr: str, fusion: str, tp: int, pp: int) -> None:
     got = run_text_layout(tp, pp, item_repr=item_repr, fusion=fusion, steps=STEPS)
     assert_same_run(got, reference(item_repr, fusion))
+
+
+@pytest.mark.slow
+def test_transformer_pooling_under_tp_matches_one_process() -> None:
+    """The small text transformer runs replicated on every tp rank over tp-summed token embeddings."""
+    got = run_text_layout(2, 1, item_repr="text", pool="transformer", steps=STEPS)
+    assert_same_run(got, reference("text", "sum", "transformer"))
