@@ -67,7 +67,7 @@ def _checks(cfg: Any, world_size: int) -> Iterator[ConfigError]:
         layout = ParallelLayout.build(cfg.parallel, world_size, cfg.train.global_batch_size)
     except ConfigError as err:
         yield err
-    for check in (_check_parallel, _check_model, _check_data, _check_train_eval, _check_comm):
+    for check in (_check_parallel, _check_model, _check_data, _check_train_eval, _check_comm, _check_telemetry):
         yield from check(cfg, layout, world_size)
 
 
@@ -118,6 +118,12 @@ def _check_model(cfg: Any, layout: ParallelLayout | None, world_size: int) -> It
         yield ConfigError("model.dropout", model.dropout, "a probability in [0, 1)")
     if model.item_repr not in ITEM_REPRS:
         yield ConfigError("model.item_repr", model.item_repr, f"one of {list(ITEM_REPRS)}")
+    else:
+        from hybridrec.model.item_text import check_item_text_config
+
+        err = _guard(lambda: check_item_text_config(model, bool(getattr(cfg.data, "item_text", False))))
+        if err:
+            yield err
     if pp >= 1 and vpp >= 1:
         err = _guard(lambda: check_stage_layers(model.num_layers, pp, vpp,
                                                 getattr(model, "num_layers_in_first_pipeline_stage", None),
@@ -228,3 +234,11 @@ def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
     group = getattr(embedding, "group_size", 0) if getattr(embedding, "enabled", False) else 0
     if group and (group < 0 or world_size % group):
         yield ConfigError("embedding.group_size", group, f"0 (= world) or a divisor of the world size {world_size}")
+
+
+def _check_telemetry(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:
+    from hybridrec.config.telemetry import validate_telemetry
+
+    err = _guard(lambda: validate_telemetry(cfg.telemetry))
+    if err:
+        yield err
