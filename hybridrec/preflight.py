@@ -231,9 +231,17 @@ def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
     except ConfigError as err:
         yield err
     embedding = getattr(cfg, "embedding", None)
-    group = getattr(embedding, "group_size", 0) if getattr(embedding, "enabled", False) else 0
-    if group and (group < 0 or world_size % group):
-        yield ConfigError("embedding.group_size", group, f"0 (= world) or a divisor of the world size {world_size}")
+    if getattr(embedding, "enabled", False):
+        from hybridrec.embedding.groups import validate_config
+
+        err = _guard(lambda: validate_config(embedding, world_size))
+        if err:
+            yield err
+        # the 2D table is its own module (benchmarks/embedding_2d.py, hybridrec.embedding.quality);
+        # the megatron trainer still uses megatron's vocab-parallel table, so refuse rather than ignore
+        yield ConfigError("embedding.enabled", True,
+                          "false for jobs.train_job: the 2D sparse-parallel table is not yet wired into the "
+                          "megatron trainer (use benchmarks/embedding_2d.py or hybridrec.embedding directly)")
 
 
 def _check_telemetry(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:
