@@ -167,7 +167,8 @@ class Trainer:
         # the distributed optimizer keeps Adam moments outside state_dict(): save this rank's shard
         parts = self._optimizer_parts()
         if any(hasattr(part, "get_parameter_state_dp_reshardable") for part in parts):
-            state["optimizer_param_state"] = [part.get_parameter_state_dp_reshardable() for part in parts]
+            state["optimizer_param_state"] = [_mark_unpadded(part.get_parameter_state_dp_reshardable())
+                                              for part in parts]
         return state
 
     def _optimizer_parts(self) -> list[Any]:
@@ -185,6 +186,18 @@ class Trainer:
             for part, part_state in zip(self._optimizer_parts(), state["optimizer_param_state"], strict=True):
                 part.load_parameter_state_from_dp_reshardable(part_state)
         self.step = int(state["step"])
+
+
+def _mark_unpadded(param_state: dict[Any, Any]) -> dict[Any, Any]:
+    """megatron 0.16.1's load_parameter_state_from_dp_reshardable filters entries on a 'padding' key that
+    get_parameter_state_dp_reshardable does not write: every entry it writes is a real parameter."""
+    for gbuf_index, by_dtype in param_state.items():
+        if isinstance(gbuf_index, int):
+            for buckets in by_dtype.values():
+                for bucket in buckets:
+                    for entry in bucket:
+                        entry.setdefault("padding", False)
+    return param_state
 
 
 def format_progress(result: StepResult, elapsed_s: float, total_samples: int) -> str:
