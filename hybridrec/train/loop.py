@@ -183,8 +183,9 @@ class Trainer:
                         current[name].copy_(tensor)
         self.optimizer.load_state_dict(state["optimizer"])
         if "optimizer_param_state" in state:
-            for part, part_state in zip(self._optimizer_parts(), state["optimizer_param_state"], strict=True):
-                part.load_parameter_state_from_dp_reshardable(part_state)
+            with torch.no_grad():  # megatron copies into views of leaf parameters
+                for part, part_state in zip(self._optimizer_parts(), state["optimizer_param_state"], strict=True):
+                    part.load_parameter_state_from_dp_reshardable(part_state)
         self.step = int(state["step"])
 
 
