@@ -116,7 +116,8 @@ def test_impossible_request_is_refused_before_anything_is_queued(slurm_env, prob
     assert not (sweep_dir / "sweep.json").exists()
     after = subprocess.run(["squeue", "-h", "-o", "%i"], env=slurm_env, capture_output=True, text=True,
                            check=True).stdout
-    assert after == before
+    # a job left by an earlier test may finish meanwhile; what matters is that none was added
+    assert set(after.split()) <= set(before.split())
     with pytest.raises(ConfigError, match="partition 'nope' does not exist"):
         submit_mod.submit(sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.partition=nope"],
                           task=PROBE, config_dir=probe_conf, env=slurm_env)
