@@ -94,5 +94,5 @@ def test_telemetry_group_overrides_the_run_config() -> None:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = to_run_config(compose("config", overrides=["+telemetry=fine"]))
+        cfg = to_run_config(compose("config", overrides=["telemetry=fine"]))
     assert cfg.telemetry.flush_every_steps == 1 and cfg.telemetry.nvml_interval_s == 0.1

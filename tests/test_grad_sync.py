@@ -127,10 +127,10 @@ def test_conf_groups_compose_and_validate():
     with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
         for algorithm in ("flat", "hierarchical"):
             for codec in ("none", "fp16", "bf16", "topk", "sign1bit"):
-                cfg = to_run_config(compose("config", overrides=[f"+allreduce={algorithm}", f"+compression={codec}"]))
+                cfg = to_run_config(compose("config", overrides=[f"allreduce={algorithm}", f"compression={codec}"]))
                 validate_comm(cfg.allreduce, cfg.compression)
                 assert (cfg.allreduce.algorithm, cfg.compression.codec) == (algorithm, codec)
-        cfg = to_run_config(compose("config", overrides=["+allreduce=megatron", "+compression=none"]))
+        cfg = to_run_config(compose("config", overrides=["allreduce=megatron", "compression=none"]))
         validate_comm(cfg.allreduce, cfg.compression)
         assert cfg.allreduce.algorithm == "megatron" and cfg.allreduce.variant == "leader"
 
