@@ -15,7 +15,9 @@ reason=""
 command -v slurmctld >/dev/null || reason="Slurm is not installed (scripts/install.sh installs it as root)"
 if [ -n "$reason" ]; then
   echo "demo: no local Slurm cluster: $reason; running the sweep with hydra/launcher=local"
-  exec $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single
+  $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single
+  $PY -m analysis.collect "$OUT" && cat "$OUT/analysis/table.md"
+  exit 0
 fi
 BASE=$(mktemp -d /tmp/hybridrec-demo-XXXX)
 trap '$PY -m hybridrec.testbed.cluster down --base "$BASE" && rm -rf "$BASE"' EXIT
@@ -27,4 +29,5 @@ while st=$($PY -m jobs.sweep status "$OUT" || true); [[ "$st" == *$'\t'queued* |
 done
 $PY -m jobs.sweep status "$OUT" || true
 $PY -m jobs.sweep collect "$OUT" > "$OUT/collected.json"
-echo "demo: summaries in $OUT/*/summary.json, all of them in $OUT/collected.json"
+$PY -m analysis.collect "$OUT" && cat "$OUT/analysis/table.md"
+echo "demo: summaries in $OUT/*/summary.json, all of them in $OUT/collected.json, table and plots in $OUT/analysis/"
