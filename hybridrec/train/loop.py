@@ -13,6 +13,7 @@ num_microbatches and DDP averages over dp.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,8 +96,12 @@ class Trainer:
             self.chunks)
         tconfig.finalize_model_grads_func = finalize_model_grads_func or finalize_model_grads
         tconfig.grad_scale_func = self.optimizer.scale_loss
-        if timers is not None:
+        self.timers = timers
+        if timers is not None:  # megatron's own timer calls (schedules, optimizer) land in our phases
             tconfig.timers = timers
+            for part in self._optimizer_parts():
+                if getattr(part, "config", None) is not None:
+                    part.config.timers = timers
         self.dp_group = ps.get_data_parallel_group()
         self.pp_group = ps.get_pipeline_model_parallel_group()
         self.is_last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
@@ -138,12 +143,19 @@ class Trainer:
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
             num_microbatches=lay.num_micro_batches, seq_length=batch.inputs.shape[1],
             micro_batch_size=mbs[0].inputs.shape[0], forward_only=False)
-        update_successful, grad_norm, _ = self.optimizer.step()
+        with self._phase("optimizer"):
+            update_successful, grad_norm, _ = self.optimizer.step()
         loss = self._global_mean_loss(reported, global_tokens, batch.inputs.device)
         self.step += 1
         return StepResult(step=self.step, loss=loss, grad_norm=None if grad_norm is None else float(grad_norm),
                           update_successful=bool(update_successful), seconds=time.perf_counter() - start,
                           samples=batch.inputs.shape[0] * lay.dp)
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager:
+        """`timers.phase(name)` for telemetry's PhaseTimers; nothing for timers without phases
+        (profile.StepTimers, used by the balance watch, only reads megatron's compute timers)."""
+        phase = getattr(self.timers, "phase", None)
+        return phase(name) if phase is not None else contextlib.nullcontext()
 
     def _global_mean_loss(self, reported: list[dict], global_tokens: float, device: torch.device) -> float:
         """Sum the (cloned) per-micro-batch loss sums over dp, divide by the global token count, and
