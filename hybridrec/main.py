@@ -50,7 +50,7 @@ def _rack_map(cfg: RunConfig, world_size: int) -> Any:
     return RackMap.single(world_size, hosts)
 
 
-def _grad_sync(cfg: RunConfig, layout: Any, rank: int) -> tuple[Any, Any]:
+def _grad_sync(cfg: RunConfig, layout: Any, rank: int, rack_map: Any) -> tuple[Any, Any]:
     """(GradSync, finalize_model_grads replacement) unless allreduce.algorithm is megatron's own."""
     if cfg.allreduce.algorithm == "megatron":
         return None, None
@@ -59,7 +59,6 @@ def _grad_sync(cfg: RunConfig, layout: Any, rank: int) -> tuple[Any, Any]:
     from hybridrec.dist.grad_sync import GradSync
     from hybridrec.dist.megatron_grad_hook import make_finalize_model_grads
 
-    rack_map = _rack_map(cfg, layout.world_size)
     groups = build_comm_groups(layout.groups("dp"), rack_map, rank)
     sync = GradSync.from_config(groups, cfg.allreduce, cfg.compression, ByteCounter(rack_map, rank))
     return sync, make_finalize_model_grads(sync)
@@ -94,59 +93,124 @@ class _Job:
         self.device_name = backend.setup(cfg.train.device, self.env.local_rank)
         init_process_group(self.env, backend.process_group_backend(cfg.parallel.backend), cfg.parallel.timeout_s)
         self.rank, self.dist = dist.get_rank(), dist
+        self.recorder = self.undo_tp = None
 
     def build(self) -> None:
         from hybridrec.data.batches import TrainBatchIterator, train_examples
-        from hybridrec.dist import backend
         from hybridrec.model import parallel, sasrec
-        from hybridrec.train.loop import Trainer
+        from hybridrec.train import adaptive
 
-        cfg, lay = self.cfg, self.layout
-        parallel.initialize(lay.tp, lay.pp, lay.vpp, cfg.train.seed)
+        cfg = self.cfg
+        # data before megatron's groups: the adaptive plan profiles the model at the real vocabulary
         self.data = _load_data(cfg, self.rank)
         self.shape = sasrec.ModelShape(
-            sasrec.padded_vocab_size(self.data.num_items, cfg.model.vocab_pad_multiple, lay.tp),
+            sasrec.padded_vocab_size(self.data.num_items, cfg.model.vocab_pad_multiple, self.layout.tp),
             cfg.data.max_seq_len, self.data.num_items)
-        self.timers = self._timers()
-        self.grad_sync, finalize = _grad_sync(cfg, lay, self.rank)
-        tconfig = sasrec.transformer_config(cfg.model, lay.tp, lay.pp, lay.vpp, self.device_name,
-                                            cfg.parallel.batch_p2p_comm)
-        chunks = sasrec.build_chunks(cfg.model, self.shape, tconfig, backend.device(),
-                                     item_tokens=getattr(self.data, "item_tokens", None))  # item_repr != id
-        self.param_infos = [chunk.hybridrec_param_infos for chunk in chunks]
-        self.trainer = Trainer(chunks, tconfig, lay, cfg.train,
-                               use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
-                               mask_padding_keys=cfg.model.mask_padding_keys,
-                               finalize_model_grads_func=finalize, timers=self.timers)
+        start = adaptive.plan_start(cfg, self.layout, self.shape.vocab_size, self._resume_model())
+        self.model_cfg, self.layout, self.balance = start.model_cfg, start.layout, start.record
+        if start.message:
+            _print0(self.rank, start.message)
+        lay = self.layout
+        parallel.initialize(lay.tp, lay.pp, lay.vpp, cfg.train.seed)
+        self.rack_map = _rack_map(cfg, lay.world_size)
         coords = lay.coords(self.rank)
         self.coords = {"tp": coords.tp, "pp": coords.pp, "dp": coords.dp}
+        self.timers = self._timers()
+        self.grad_sync, self.finalize = _grad_sync(cfg, lay, self.rank, self.rack_map)
+        self.watch = None if start.plan is None else adaptive.DriftWatch(
+            start.plan, cfg.parallel.rebalance_threshold, coords.pp, lay.pp)
+        self.step_timers = None
+        if self.watch is not None and self.timers is None:  # megatron's compute timers for the watch
+            from hybridrec.train.profile import StepTimers
+
+            self.step_timers = StepTimers()
+        self._build_model()
         self.batches = TrainBatchIterator(train_examples(self.data, cfg.data.max_seq_len),
                                           cfg.train.global_batch_size, coords.dp, lay.dp, cfg.train.seed)
         self.recorder = self._recorder()
 
-    def _timers(self) -> Any:
-        if not self.cfg.telemetry.enabled:
-            return None
-        from hybridrec.telemetry.timers import PhaseTimers
+    def _build_model(self, full: dict[str, torch.Tensor] | None = None) -> None:
+        """This rank's chunks (with `self.model_cfg`'s per-stage layer counts) and the Trainer; `full`
+        ({global name: tensor}, any layout) replaces the initial weights."""
+        from hybridrec.dist import backend
+        from hybridrec.model import sasrec
+        from hybridrec.train import checkpoint
+        from hybridrec.train.loop import Trainer
 
-        return PhaseTimers()
+        cfg, lay = self.cfg, self.layout
+        tconfig = sasrec.transformer_config(self.model_cfg, lay.tp, lay.pp, lay.vpp, self.device_name,
+                                            cfg.parallel.batch_p2p_comm)
+        chunks = sasrec.build_chunks(self.model_cfg, self.shape, tconfig, backend.device(),
+                                     item_tokens=getattr(self.data, "item_tokens", None))  # item_repr != id
+        self.param_infos = [chunk.hybridrec_param_infos for chunk in chunks]
+        if full is not None:
+            checkpoint.apply_full_state(chunks, self.param_infos, full)
+        self.trainer = Trainer(chunks, tconfig, lay, cfg.train,
+                               use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
+                               mask_padding_keys=cfg.model.mask_padding_keys,
+                               finalize_model_grads_func=self.finalize,
+                               timers=self.timers if self.timers is not None else self.step_timers)
 
-    def _recorder(self) -> Any:
-        if not self.cfg.telemetry.enabled:
-            return None
-        from hybridrec.telemetry.recorder import RunRecorder, rank_file, run_metadata
-
-        meta = run_metadata(config=dataclasses.asdict(self.cfg), layout=self.layout.to_dict(), rank=self.rank,
-                            world_size=self.layout.world_size)
-        return RunRecorder(rank_file(self.out, self.rank), meta, flush_every=self.cfg.telemetry.flush_every_steps)
-
-    def resume(self) -> None:
+    def _resume_checkpoint(self) -> Path | None:
         from hybridrec.train import checkpoint
 
         spec = self.cfg.train.resume
         if not spec:
+            return None
+        return checkpoint.latest(self.out / CHECKPOINTS) if spec == "auto" else Path(spec)
+
+    def _resume_model(self) -> dict[str, Any] | None:
+        """The model config saved with the checkpoint this run resumes from (its per-stage split)."""
+        from hybridrec.train import checkpoint
+
+        ckpt = self._resume_checkpoint() if self.cfg.parallel.balance == "adaptive" else None
+        return None if ckpt is None else checkpoint.read_manifest(ckpt).get("model")
+
+    def _timers(self) -> Any:
+        if not self.cfg.telemetry.enabled:
+            return None
+        from hybridrec.telemetry import timers as timers_mod
+
+        tel = self.cfg.telemetry
+        timers = timers_mod.PhaseTimers(cuda_sync=tel.cuda_sync if self.device_name == "cuda" else False)
+        timers_mod.install(timers)  # GradSync's phase("dp_comm_intra"/"dp_comm_cross")
+        self.undo_tp = timers_mod.instrument_tensor_parallel(timers) if tel.tp_timing else None
+        return timers
+
+    def _recorder(self) -> Any:
+        if not self.cfg.telemetry.enabled:
+            return None
+        from hybridrec.telemetry.nvml import UtilizationSampler, visible_gpu_ids
+        from hybridrec.telemetry.recorder import RunRecorder, rank_file, run_metadata
+
+        tel = self.cfg.telemetry
+        sampler = UtilizationSampler(tel.nvml_interval_s, visible_gpu_ids(self.env.local_rank)) \
+            if tel.sampler else None
+        meta = run_metadata(config=dataclasses.asdict(self.cfg), layout=self.layout.to_dict(),
+                            topology=dataclasses.asdict(self.rack_map), rank=self.rank,
+                            world_size=self.layout.world_size, balance=self.balance)
+        recorder = RunRecorder(rank_file(self.out, self.rank), meta, flush_every=tel.flush_every_steps,
+                               sampler=sampler)
+        if sampler is not None:
+            sampler.start()
+        return recorder
+
+    def close_telemetry(self, status: str) -> None:
+        from hybridrec.telemetry import timers as timers_mod
+
+        if getattr(self, "recorder", None) is not None:
+            self.recorder.close(status=status, balance=self.balance)
+        if getattr(self, "undo_tp", None) is not None:
+            self.undo_tp()
+            self.undo_tp = None
+        timers_mod.install(None)
+
+    def resume(self) -> None:
+        from hybridrec.train import checkpoint
+
+        if not self.cfg.train.resume:
             return
-        ckpt = checkpoint.latest(self.out / CHECKPOINTS) if spec == "auto" else Path(spec)
+        ckpt = self._resume_checkpoint()
         if ckpt is None:
             _print0(self.rank, "resume=auto: no checkpoint yet, starting fresh")
             return
@@ -161,7 +225,7 @@ class _Job:
 
         manifest = {"layout": self.layout.to_dict(), "vocab_size": self.shape.vocab_size,
                     "num_items": self.shape.num_items, "max_seq_len": self.shape.max_seq_len,
-                    "model": dataclasses.asdict(self.cfg.model)}
+                    "model": dataclasses.asdict(self.model_cfg)}
         return checkpoint.save(self.out / CHECKPOINTS, self.trainer, self.param_infos, self.coords, manifest,
                                self._extra_state())
 
@@ -192,6 +256,8 @@ class _Job:
                     self.timers.add_byte_counts(self.grad_sync.counter.step_end())
                 metrics.update(self.timers.end_step(samples=result.samples, tokens=int(mask.sum())))
                 comm_shares.append(metrics.get("comm_share_all", 0.0))
+            if self.watch is not None:
+                self._watch_balance(result.step, metrics)
             if self.recorder is not None:
                 self.recorder.log_step(result.step, metrics)
             if result.step % max(cfg.log_every, 1) == 0 or result.step == cfg.steps:
@@ -201,6 +267,47 @@ class _Job:
             self._stop_if_preempted(result.step)
         return {"loss_curve": losses, "samples_per_s": samples / seconds if seconds else 0.0, "train_s": seconds,
                 "comm_share": float(np.mean(comm_shares)) if comm_shares else None}
+
+    def _watch_balance(self, step: int, metrics: dict[str, float]) -> None:
+        """Collective: this step's compute seconds of every stage -> drift monitor -> maybe re-balance."""
+        if self.timers is not None:
+            local = metrics["t_forward_s"] + metrics["t_backward_s"]
+        else:
+            local = self.step_timers.snapshot()["compute_s"]
+        fire, why = self.watch.observe(local)
+        metrics["stage_compute_s"] = local
+        metrics["stage_layers"] = float(self.watch.partition.layers_per_stage[self.coords["pp"]])
+        if fire and step < self.cfg.train.steps:
+            self._rebalance(step, why)
+
+    def _rebalance(self, step: int, why: str) -> None:
+        """Apply a new partition live: collective checkpoint, rebuild chunks + Trainer with the new
+        per-stage layer counts, load the weights by global name. Adam moments are not carried across
+        partitions (megatron keys them by local parameter order): they restart from zero."""
+        from hybridrec.train import checkpoint
+
+        old = list(self.watch.partition.layers_per_stage)
+        measured = [round(t * 1e3, 3) for t in self.watch.measured()]
+        new = self.watch.replan()
+        event = {"step": step, "old": old, "new": list(new.layers_per_stage), "reason": why,
+                 "measured_stage_ms": measured, "predicted_max_over_mean": new.max_over_mean}
+        if event["new"] == old:
+            event.update(applied=False, optimizer_state="kept")
+            _print0(self.rank, f"balance: step {step}: {why}; re-planned, split {old} kept")
+        else:
+            ckpt = self.save()
+            _, full = checkpoint.load_full_state(ckpt)
+            self.model_cfg = dataclasses.replace(self.model_cfg, **new.megatron_kwargs())
+            self.trainer = None  # free the old chunks' buffers before building the new ones
+            self._build_model(full)
+            self.trainer.step = step
+            if self.grad_sync is not None:  # error-feedback residuals belong to the old buffers
+                self.grad_sync.drain()
+                self.grad_sync.ctx.memory.clear()
+            event.update(applied=True, optimizer_state="reset", checkpoint=str(ckpt))
+            _print0(self.rank, f"balance: step {step}: {why}; re-partitioned {old} -> {event['new']} "
+                               f"(weights via {ckpt}; Adam moments reset)")
+        self.balance["rebalances"].append(event)
 
     def _stop_if_preempted(self, step: int) -> None:
         """Slurm preemption protocol (docs/ARCHITECTURE.md): a collective check every step; on a
@@ -237,7 +344,12 @@ class _Job:
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
-    """Run one rank of the job described by `cfg`; rank 0 writes `summary.json`. Returns the summary."""
+    """Run one rank of the job described by `cfg`; rank 0 writes `summary.json`. Returns the summary.
+
+    On `jobs.requeue.Preempted` no summary is written (the requeued attempt writes the result) and the
+    process group stays up for `run_requeueable`'s barriers."""
+    from jobs.requeue import Preempted
+
     start = time.perf_counter()
     summary: dict[str, Any] = {"config": dataclasses.asdict(cfg), "status": "failed", "error": None}
     job: _Job | None = None
@@ -245,6 +357,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         job = _Job(cfg)
         summary["layout"] = job.layout.to_dict()
         job.build()
+        summary["layout"], summary["balance"] = job.layout.to_dict(), job.balance
         job.resume()
         summary.update(job.train())
         summary["steps"] = job.trainer.step
@@ -254,6 +367,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         summary["data"] = {"num_users": job.data.num_users, "num_items": job.data.num_items,
                            "vocab_size": job.shape.vocab_size}
         summary["status"] = "done"
+    except Preempted as exc:
+        summary["status"], summary["error"] = "preempted", str(exc)
+        raise
     except BaseException as exc:
         summary["error"] = f"{type(exc).__name__}: {exc}"
         summary["traceback"] = traceback.format_exc()
@@ -261,11 +377,12 @@ def run(cfg: RunConfig) -> dict[str, Any]:
     finally:
         summary["wall_s"] = time.perf_counter() - start
         rank = job.rank if job is not None else 0
-        if rank == 0 and cfg.output_dir:
+        if rank == 0 and cfg.output_dir and summary["status"] != "preempted":
             atomic_write_json(Path(cfg.output_dir) / SUMMARY, summary)
-        if job is not None and job.recorder is not None:
-            job.recorder.close(status=summary["status"])
-        _teardown()
+        if job is not None:
+            job.close_telemetry(summary["status"])
+        if summary["status"] != "preempted":
+            _teardown()
     return summary
 
 
