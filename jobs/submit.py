@@ -14,9 +14,11 @@ RunConfig) and the resource request against `sinfo`. `--dry-run` stops after pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,21 @@ CONF_DIR = REPO / "conf"
 DEFAULT_TASK = "jobs.submit:train"
 MANIFEST = "sweep.json"
 
+
+
+@contextlib.contextmanager
+def environ_overlay(env: Mapping[str, str] | None) -> Iterator[None]:
+    """`os.environ` with `env` laid over it for the block, then exactly as before."""
+    saved = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 def train(cfg: dict) -> Any:
     """The default task: one rank of the training job (`hybridrec.main.run`) on the point's config."""
@@ -161,20 +178,12 @@ def submit(sweep_dir: Path, overrides: list[str], task: str = DEFAULT_TASK, conf
         atomic_write_bytes(Path(cfg["output_dir"]) / "config.yaml", yaml.safe_dump(cfg, sort_keys=False).encode())
     folder = sweep_dir.resolve() / ".submitit"
     launcher = the_plan["launcher"]
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # submitit runs sbatch with os.environ (SLURM_CONF of a private cluster)
-    try:
+    with environ_overlay(env):  # submitit runs sbatch with os.environ (SLURM_CONF of a private cluster)
         executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=int(launcher.get("max_num_timeout") or 0))
         executor.update_parameters(job_name=sweep_dir.resolve().name,
                                    array_parallelism=int(launcher.get("array_parallelism") or 64),
                                    **res.executor_parameters())
         jobs = executor.map_array(RequeueableTask(task), the_plan["configs"])
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     manifest = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "task": task, "overrides": overrides,
         "submitit_folder": str(folder), "resources": res.executor_parameters(),

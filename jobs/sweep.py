@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jobs.submit import MANIFEST
+from jobs.submit import MANIFEST, environ_overlay
 
 SQUEUE_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STOPPED", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
 
@@ -144,7 +144,6 @@ def rerun(sweep_dir: Path, env: Mapping[str, str] | None = None, overrides: list
     to their config.yaml; done, queued and running points are left alone. The failed attempt's
     summary.json is kept as summary.attempt<k>.json and the manifest records each point's earlier job
     ids under `history`. Returns the indices queued again."""
-    import os
 
     import submitit
     import yaml
@@ -171,18 +170,10 @@ def rerun(sweep_dir: Path, env: Mapping[str, str] | None = None, overrides: list
         if summary.exists():
             summary.rename(summary.with_name(f"summary.attempt{len(point.get('history', [])) + 1}.json"))
         cfgs.append(plain)
-    saved = {k: os.environ.get(k) for k in (env or {})}
-    os.environ.update(env or {})  # submitit runs sbatch with os.environ
-    try:
+    with environ_overlay(env):  # submitit runs sbatch with os.environ
         executor = submitit.SlurmExecutor(folder=manifest["submitit_folder"])
         executor.update_parameters(job_name=sweep_dir.resolve().name, **manifest["resources"])
         jobs = executor.map_array(RequeueableTask(manifest["task"]), cfgs)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     for index, job in zip(failed, jobs, strict=True):
         point = manifest["points"][index]
         point["history"] = [*point.get("history", []), point["job_id"]]
