@@ -119,11 +119,10 @@ class _Job:
         self.grad_sync, self.finalize = _grad_sync(cfg, lay, self.rank, self.rack_map)
         self.watch = None if start.plan is None else adaptive.DriftWatch(
             start.plan, cfg.parallel.rebalance_threshold, coords.pp, lay.pp)
-        self.step_timers = None
-        if self.watch is not None and self.timers is None:  # megatron's compute timers for the watch
-            from hybridrec.train.profile import StepTimers
-
-            self.step_timers = StepTimers()
+        self.step_timers, self.trainer_timers = None, self.timers
+        if self.watch is not None:  # megatron's compute timers for the watch too
+            self.step_timers, self.trainer_timers = adaptive.watch_timers(self.timers)
+            self.balance["watch_clock"] = "process CPU time" if self.device_name == "cpu" else "wall time"
         self._build_model()
         self.batches = TrainBatchIterator(train_examples(self.data, cfg.data.max_seq_len),
                                           cfg.train.global_batch_size, coords.dp, lay.dp, cfg.train.seed)
@@ -149,7 +148,7 @@ class _Job:
                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
                                mask_padding_keys=cfg.model.mask_padding_keys,
                                finalize_model_grads_func=self.finalize,
-                               timers=self.timers if self.timers is not None else self.step_timers)
+                               timers=self.trainer_timers)
 
     def _resume_checkpoint(self) -> Path | None:
         from hybridrec.train import checkpoint
@@ -270,10 +269,9 @@ class _Job:
 
     def _watch_balance(self, step: int, metrics: dict[str, float]) -> None:
         """Collective: this step's compute seconds of every stage -> drift monitor -> maybe re-balance."""
-        if self.timers is not None:
-            local = metrics["t_forward_s"] + metrics["t_backward_s"]
-        else:
-            local = self.step_timers.snapshot()["compute_s"]
+        from hybridrec.train.adaptive import stage_compute_seconds
+
+        local = stage_compute_seconds(self.step_timers, self.device_name)
         fire, why = self.watch.observe(local)
         metrics["stage_compute_s"] = local
         metrics["stage_layers"] = float(self.watch.partition.layers_per_stage[self.coords["pp"]])

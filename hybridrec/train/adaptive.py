@@ -11,7 +11,9 @@
   (checkpoint, rebuild, load by global name) is `hybridrec.main`'s job.
 
 Test knob: `HYBRIDREC_SLOW_STAGE="stage=1,factor=3"` multiplies the compute time measured on that
-pipeline stage, as a slower device would (used to prove re-balancing deterministically on CPU).
+pipeline stage, as a slower device would (used to prove re-balancing deterministically on CPU);
+`stage=max` is the stage the start-up plan gave the most layers (the last of a tie), so the re-plan
+always moves layers whatever the profile chose.
 """
 
 from __future__ import annotations
@@ -105,12 +107,61 @@ def _split_of(model: dict[str, Any], pp: int, num_layers: int) -> list[int] | No
     return [first, *([middle] * (pp - 2)), last]
 
 
-def _slow_stage() -> tuple[int, float] | None:
+def _slow_stage(layers_per_stage: tuple[int, ...]) -> tuple[int, float] | None:
     text = os.environ.get(SLOW_STAGE_ENV, "")
     if not text:
         return None
     fields = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
-    return int(fields.get("stage", 0)), float(fields.get("factor", 1.0))
+    stage = fields.get("stage", "0")
+    if stage == "max":
+        most = max(layers_per_stage)
+        stage = max(i for i, n in enumerate(layers_per_stage) if n == most)
+    return int(stage), float(fields.get("factor", 1.0))
+
+
+class _TeeTimer:
+    def __init__(self, timers: list[Any]):
+        self.timers = timers
+
+    def start(self, barrier: bool = False) -> None:
+        for timer in self.timers:
+            timer.start(barrier=barrier)
+
+    def stop(self, barrier: bool = False) -> None:
+        for timer in reversed(self.timers):
+            timer.stop(barrier=barrier)
+
+    def __getattr__(self, name: str) -> Any:  # elapsed, reset, active_time: the primary's
+        return getattr(self.timers[0], name)
+
+
+class TeeTimers:
+    """megatron's Timers interface feeding two timer sets: telemetry's PhaseTimers (primary: every
+    other attribute, e.g. `phase`, `end_step`, is its) and the watch's `profile.StepTimers`."""
+
+    def __init__(self, primary: Any, secondary: Any):
+        self.primary, self.secondary = primary, secondary
+
+    def __call__(self, name: str, log_level: int | None = None) -> _TeeTimer:
+        return _TeeTimer([self.primary(name, log_level), self.secondary(name, log_level)])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.primary, name)
+
+
+def watch_timers(telemetry_timers: Any) -> tuple[Any, Any]:
+    """(StepTimers for the watch, what to give the Trainer as `timers`)."""
+    from hybridrec.train.profile import StepTimers
+
+    step_timers = StepTimers()
+    return step_timers, step_timers if telemetry_timers is None else TeeTimers(telemetry_timers, step_timers)
+
+
+def stage_compute_seconds(step_timers: Any, device_name: str) -> float:
+    """This step's forward + backward compute of this stage (and reset): process CPU time on CPU (a
+    shared machine's waits for a core do not count), wall time on GPU."""
+    snap = step_timers.snapshot()
+    return snap["compute_cpu_s"] if device_name == "cpu" else snap["compute_s"]
 
 
 class DriftWatch:
@@ -121,7 +172,7 @@ class DriftWatch:
                                                 cooldown=cooldown)
         self.costs = plan.costs
         self.stage, self.pp = stage, pp
-        self.slow = _slow_stage()
+        self.slow = _slow_stage(plan.partition.layers_per_stage)
         self.last_times: list[float] = []
 
     @property
