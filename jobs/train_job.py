@@ -1,5 +1,9 @@
 """Hydra entry point: `python -m jobs.train_job [overrides]` trains, evaluates and writes summary.json
-into Hydra's output directory (one rank per process; torchrun/Slurm variables give the rank)."""
+into Hydra's output directory (one rank per process; torchrun/Slurm variables give the rank).
+
+The run goes through `jobs.requeue.run_requeueable` (preemption guard; on SIGUSR2 every rank saves a
+checkpoint and rank 0 requeues the Slurm job); a restarted job (SLURM_RESTART_COUNT > 0) resumes from
+the latest checkpoint (`train.resume=auto`)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from omegaconf import DictConfig
 
 from hybridrec.config import register_configs, to_run_config
 from hybridrec.main import run
+from jobs.requeue import restart_count, run_requeueable
 
 register_configs()
 
@@ -18,7 +23,9 @@ def main(cfg: DictConfig) -> dict:
     run_cfg = to_run_config(cfg)
     if not run_cfg.output_dir:
         run_cfg.output_dir = HydraConfig.get().runtime.output_dir
-    summary = run(run_cfg)
+    if restart_count() > 0:
+        run_cfg.train.resume = "auto"
+    summary = run_requeueable(run, run_cfg)
     if summary.get("layout") and summary.get("status") == "done":
         for protocol, row in summary["metrics"].items():
             base = summary.get("baseline_most_popular", {}).get(protocol, {})
