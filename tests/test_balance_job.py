@@ -1,6 +1,7 @@
 """Adaptive pipeline balancing inside the real job (jobs.train_job on 2 gloo ranks, pp=2): the profiled
 split is what the job trains with (same loss curve as a run configured with that split by hand), and a
-drifting stage makes the job re-partition live and train on to the end (slow: several megatron jobs)."""
+drifting stage makes the job re-partition live and train on to the end (slow: several megatron jobs).
+With pp = 1 adaptive is a no-op that says why."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import pytest
 
 from hybridrec.telemetry.recorder import read_run
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ["model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]", "eval.baseline=false"]
 
 
-def run_job(out: Path, overrides: list[str], env: dict[str, str] | None = None) -> dict:
-    cmd = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2", "--timeout", "600",
-           "jobs.train_job", *BASE, *overrides, f"hydra.run.dir={out}"]
+def run_job(out: Path, overrides: list[str], env: dict[str, str] | None = None, nproc: int = 2) -> dict:
+    launcher = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", str(nproc), "--timeout", "600"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "jobs.train_job", *BASE, *overrides,
+           f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=700, cwd=ROOT,
                           env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -32,6 +33,7 @@ def run_job(out: Path, overrides: list[str], env: dict[str, str] | None = None) 
     return summary
 
 
+@pytest.mark.slow
 def test_adaptive_job_trains_with_the_profiled_split_like_a_hand_configured_run(tmp_path: Path) -> None:
     # a padded vocabulary of 8192 makes output + loss heavy, so the profile usually moves layers off
     # the last stage; whatever it chose, the hand-configured run must match it step for step
@@ -59,6 +61,7 @@ def test_adaptive_job_trains_with_the_profiled_split_like_a_hand_configured_run(
     assert meta["balance"]["layers_per_stage"] == split
 
 
+@pytest.mark.slow
 def test_a_slow_stage_triggers_a_live_repartition_and_training_continues(tmp_path: Path) -> None:
     # the stage the start-up plan loaded most runs 20x slower (HYBRIDREC_SLOW_STAGE): after the
     # monitor's window (5) and cooldown (10 steps) the job re-partitions at step 10 and goes on
@@ -82,3 +85,9 @@ def test_a_slow_stage_triggers_a_live_repartition_and_training_continues(tmp_pat
         layers = data["steps"]["stage_layers"]
         assert list(layers[:10]) == [old[rank]] * 10 and list(layers[10:]) == [new[rank]] * 4
     assert runs[0]["metadata"]["balance"]["rebalances"][0]["new"] == new  # close() stored the events
+
+
+def test_adaptive_with_one_stage_is_a_noop_with_a_reason(tmp_path: Path) -> None:
+    summary = run_job(tmp_path, ["parallel.balance=adaptive", "train.steps=2"], nproc=1)
+    assert summary["balance"]["mode"] == "adaptive" and summary["balance"]["applied"] is False
+    assert "pp=1" in summary["balance"]["reason"]
