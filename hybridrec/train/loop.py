@@ -198,7 +198,18 @@ class Trainer:
             with torch.no_grad():  # megatron copies into views of leaf parameters
                 for part, part_state in zip(self._optimizer_parts(), state["optimizer_param_state"], strict=True):
                     part.load_parameter_state_from_dp_reshardable(part_state)
+        _unshare_adam_steps(self._optimizer_parts())
         self.step = int(state["step"])
+
+
+def _unshare_adam_steps(parts: list[Any]) -> None:
+    """megatron 0.16.1's DistributedOptimizer.load_state_dict (without TE/Apex) hands every parameter the
+    same `step` tensor; torch's Adam increments each parameter's step in place, so one shared tensor
+    would count n_params per update and skew the bias correction after a resume. One copy each."""
+    for part in parts:
+        for param_state in getattr(getattr(part, "optimizer", None), "state", {}).values():
+            if isinstance(param_state.get("step"), torch.Tensor):
+                param_state["step"] = param_state["step"].clone()
 
 
 def _mark_unpadded(param_state: dict[Any, Any]) -> dict[Any, Any]:
