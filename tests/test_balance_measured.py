@@ -13,7 +13,7 @@ from hybridrec.train.balance import balanced_partition, imbalance, uniform_parti
 VOCAB, SEQ, MBS, HIDDEN = 16384, 20, 8, 64
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: megatron's groups must be gone before plan_adaptive builds its own
 def model():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
