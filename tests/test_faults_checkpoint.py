@@ -62,6 +62,7 @@ def test_kills_during_checkpoint_save_keep_a_complete_checkpoint_and_resume_exac
     assert not (out / "summary.json").exists()  # no partial result
     assert complete(checkpoint.latest(root)) == 2
     assert not (root / "step_00000004" / "rank00000.pt").exists()
+    assert list((root / "step_00000004").glob(".rank00000.pt.*.tmp"))  # the torn write, never renamed
     no_corrupt_checkpoint(root)
     # 2. resumed, killed after the step-4 manifest but before the pointer: the old one is still latest,
     #    and the new one is complete too
@@ -83,3 +84,4 @@ def test_kills_during_checkpoint_save_keep_a_complete_checkpoint_and_resume_exac
     assert summary["status"] == "done"
     assert summary["loss_curve"] == reference[4:], (summary["loss_curve"], reference)
     assert complete(checkpoint.latest(root)) == 6
+    assert not list(root.rglob("*.tmp"))  # the torn save's temporary file went with the next complete save

@@ -81,8 +81,19 @@ def save(root: str | Path, trainer: Any, param_infos: list[list[ParamInfo]], coo
         atomic_write_json(ckpt / MANIFEST, {"format": FORMAT, "step": trainer.step,
                                             "world_size": dist.get_world_size(), "files": files, **manifest})
         atomic_write_bytes(Path(root) / LATEST, (ckpt.name + "\n").encode())
+        remove_leftover_temporaries(root)
     dist.barrier()
     return ckpt
+
+
+def remove_leftover_temporaries(root: str | Path) -> list[Path]:
+    """Delete the temporary files of saves that were killed before their rename. Safe only between the
+    all-gather of a save (every rank's file is in place) and its barrier: nothing else writes here then."""
+    root = Path(root)
+    leftovers = [*root.glob(".*.tmp"), *root.glob("step_*/.*.tmp")]
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
 
 
 def latest(root: str | Path) -> Path | None:
