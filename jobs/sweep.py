@@ -1,11 +1,12 @@
-"""State of a detached sweep, from its directory and Slurm: `python -m jobs.sweep status|collect|rerun DIR`.
+"""State of a detached sweep, from its directory and Slurm: `python -m jobs.sweep status|wait|collect|rerun DIR`.
 
 A point is `queued` or `running` while Slurm lists its job (squeue), `done` when rank 0 wrote its
 summary.json, `failed` with a reason otherwise: the first error a rank reported through submitit
 (its result pickle), Slurm's accounting when there is a slurmdbd (sacct), or "left the queue without a
 result" plus the tail of the job's log. Without slurmdbd (`sacct` fails) the state is inferred from
 result files and squeue alone. The state logic (`point_state`) is pure. `rerun` queues only the failed
-points again (`--set key=value` to change their config first).
+points again (`--set key=value` to change their config first). `wait` polls until every point is
+done or failed, printing a line whenever the count of points per state changes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pickle
 import re
 import subprocess
 import sys
+import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -184,24 +187,64 @@ def rerun(sweep_dir: Path, env: Mapping[str, str] | None = None, overrides: list
     return failed
 
 
+FINAL_STATES = frozenset({"done", "failed"})
+
+
+def progress_line(rows: list[dict[str, Any]]) -> str:
+    """'2 done, 1 failed, 1 running' (states in a fixed order)."""
+    counts = Counter(row["state"] for row in rows)
+    order = ["done", "failed", "running", "queued"]
+    return ", ".join(f"{counts[state]} {state}" for state in [*order, *sorted(set(counts) - set(order))]
+                     if counts[state])
+
+
+def wait(sweep_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 3600.0, poll_s: float = 0.5,
+         final: frozenset[str] | set[str] = FINAL_STATES, report: Any = None) -> list[dict[str, Any]]:
+    """Poll `status` until every point's state is in `final` or `timeout_s` passes; returns the last rows.
+    `report(line)` is called whenever the per-state counts change (progress)."""
+    deadline, seen = time.monotonic() + timeout_s, ""
+    while True:
+        rows = status(sweep_dir, env)
+        line = progress_line(rows)
+        if report is not None and line != seen:
+            report(line)
+            seen = line
+        if all(row["state"] in final for row in rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(poll_s)
+
+
+def _print_rows(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        reason = f"  ({row['reason']})" if row["reason"] else ""
+        print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}\t{' '.join(row['overrides'])}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.sweep", description=__doc__.split("\n")[0])
-    parser.add_argument("action", choices=["status", "collect", "rerun"])
+    parser.add_argument("action", choices=["status", "wait", "collect", "rerun"])
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="rerun: override applied to every failed point's config")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="wait: give up after this many seconds")
     args = parser.parse_args(argv)
     if not (args.sweep_dir / MANIFEST).exists():
         print(f"no {MANIFEST} in {args.sweep_dir}", file=sys.stderr)
         return 2
-    if args.action == "status":
-        rows = status(args.sweep_dir)
+    if args.action in ("status", "wait"):
+        if args.action == "wait":
+            rows = wait(args.sweep_dir, timeout_s=args.timeout, poll_s=5.0,
+                        report=lambda line: print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True))
+            if not all(row["state"] in FINAL_STATES for row in rows):
+                print(f"still running after {args.timeout:.0f} s", file=sys.stderr)
+                return 3
+        else:
+            rows = status(args.sweep_dir)
         if args.json:
             print(json.dumps(rows, indent=2))
-        for row in [] if args.json else rows:
-            reason = f"  ({row['reason']})" if row["reason"] else ""
-            print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}\t{' '.join(row['overrides'])}")
+        else:
+            _print_rows(rows)
         return 0 if all(row["state"] != "failed" for row in rows) else 1
     if args.action == "rerun":
         queued = rerun(args.sweep_dir, overrides=args.set)

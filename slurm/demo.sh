@@ -24,14 +24,7 @@ trap '$PY -m hybridrec.testbed.cluster down --base "$BASE" && rm -rf "$BASE"' EX
 $PY -m hybridrec.testbed.cluster up --base "$BASE" --cpus 4 > "$BASE/up.log"; head -1 "$BASE/up.log"
 export SLURM_CONF=$BASE/etc/slurm.conf
 $PY -m jobs.submit --sweep-dir "$OUT" "${ARGS[@]}"
-seen=""
-while st=$($PY -m jobs.sweep status "$OUT" || true); [[ "$st" == *$'\t'queued* || "$st" == *$'\t'running* ]]; do
-  counts=$(cut -f3 <<<"$st" | cut -d' ' -f1 | sort | uniq -c | awk '{printf "%s %s  ", $1, $2}')
-  [ "$counts" = "$seen" ] || echo "demo: $(date +%T)  $counts"  # progress: points per state
-  seen=$counts
-  sleep 5
-done
-$PY -m jobs.sweep status "$OUT" || true
+$PY -m jobs.sweep wait "$OUT" --timeout 3600 || true   # progress lines, then each point's state
 $PY -m jobs.sweep collect "$OUT" > "$OUT/collected.json"
 $PY -m analysis.collect "$OUT" && cat "$OUT/analysis/table.md"
 echo "demo: summaries in $OUT/*/summary.json, all of them in $OUT/collected.json, table and plots in $OUT/analysis/"

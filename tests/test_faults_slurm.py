@@ -29,22 +29,13 @@ def worker_conf(tmp_path: Path) -> Path:
     return conf
 
 
-def wait_final(sweep_dir: Path, env: dict, timeout: float = 120) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = sweep_mod.status(sweep_dir, env)
-        if all(row["state"] in ("done", "failed") for row in rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
-
-
 def submit_faulty(tmp_path: Path, name: str, env: dict, conf: Path, fault: str, extra: list[str],
                   task: str = WORKER) -> tuple[list[dict], float]:
     start = time.monotonic()
     submit_mod.submit(tmp_path / name, ["hydra/launcher=slurm", "hydra.launcher.nodes=2",
                                         "hydra.launcher.tasks_per_node=1", *extra],
                       task=task, config_dir=conf, env={**env, "HYBRIDREC_FAULT": fault})
-    rows = wait_final(tmp_path / name, env, timeout=300)
+    rows = sweep_mod.wait(tmp_path / name, env, timeout_s=300)
     return rows, time.monotonic() - start
 
 
@@ -109,7 +100,7 @@ def test_real_trainer_rank_raising_fails_the_job_with_the_injected_error(slurm_e
                                   f"data.cache_dir={tmp_path / 'cache'}", "parallel.timeout_s=120"],
                       task="hybridrec.faults:train", config_dir=CONF_DIR,
                       env={**slurm_env, "HYBRIDREC_FAULT": "kind=oom,rank=1,step=2"})
-    rows = wait_final(sweep_dir, slurm_env, timeout=600)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=600)
     assert rows[0]["state"] == "failed", rows
     assert "injected out-of-memory error: rank 1 on host n2" in rows[0]["reason"], rows
     assert queue_empty_of(rows, slurm_env)

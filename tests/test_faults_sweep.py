@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -29,22 +28,13 @@ def probe_conf(tmp_path: Path) -> Path:
     return conf
 
 
-def wait_final(sweep_dir: Path, env: dict, timeout: float = 180) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = sweep_mod.status(sweep_dir, env)
-        if all(row["state"] in ("done", "failed") for row in rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
-
-
 def test_failed_points_are_reported_and_only_they_are_rerun(slurm_env, probe_conf, tmp_path):
     sweep_dir = tmp_path / "partial"
     manifest = submit_mod.submit(
         sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=1", "probe.payload_floats=8,16",
                     "probe.crash_rank=-1,0"],
         task="jobs.probe:probe", config_dir=probe_conf, env=slurm_env)
-    rows = wait_final(sweep_dir, slurm_env)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=180)
     assert [row["state"] for row in rows] == ["done", "failed", "done", "failed"], rows
     for row in rows[1::2]:
         assert "rank 0" in row["reason"] and "crashes on purpose at step 0" in row["reason"], row
@@ -61,7 +51,7 @@ def test_failed_points_are_reported_and_only_they_are_rerun(slurm_env, probe_con
         assert after["points"][i]["job_id"] != manifest["points"][i]["job_id"]
     for i in (0, 2):
         assert after["points"][i]["job_id"] == manifest["points"][i]["job_id"] and "history" not in after["points"][i]
-    rows = wait_final(sweep_dir, slurm_env)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=180)
     assert [row["state"] for row in rows] == ["done"] * 4, rows
     # the done points were not run again; every point has exactly one result
     for i in (0, 2):

@@ -39,15 +39,6 @@ def _sweep_dir(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def wait_states(sweep_dir: Path, env: dict, done: set[str], timeout: float = 60) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = sweep_mod.status(sweep_dir, env)
-        if all(row["state"] in done for row in rows) or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.5)
-
-
 def test_two_nodes_two_tasks_allreduce_across_nodes_and_racks_from_topology(slurm_env, probe_conf, tmp_path):
     start = time.monotonic()
     sweep_dir = _sweep_dir(tmp_path, "ar")
@@ -55,7 +46,7 @@ def test_two_nodes_two_tasks_allreduce_across_nodes_and_racks_from_topology(slur
         sweep_dir, ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2"],
         task=PROBE, config_dir=probe_conf, env=slurm_env,
     )
-    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"})
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=60)
     round_trip = time.monotonic() - start
     assert [row["state"] for row in rows] == ["done"], rows
     summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
@@ -86,7 +77,7 @@ def test_detached_sweep_survives_submitter_exit_and_reports_done_and_a_crashed_r
     # the submitting process is gone; the jobs live on in Slurm
     first = {row["index"]: row["state"] for row in sweep_mod.status(sweep_dir, slurm_env)}
     assert set(first.values()) <= {"queued", "running", "done"}, first
-    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=120)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=120)
     elapsed = time.monotonic() - start
     assert [row["state"] for row in rows] == ["done", "failed"], rows
     # the rank that crashed first is named, not the survivor that saw its connection close
@@ -154,7 +145,7 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_with_one_result(slur
         time.sleep(0.2)
     else:
         pytest.fail(f"job {job_id} was not requeued (last state {state!r})")
-    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=90)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=90)
     assert rows[0]["state"] == "done", rows
     before, after = _steps(first), _steps(out / "steps.attempt1.txt")
     checkpoint = json.loads((out / "probe_checkpoint.json").read_text())
@@ -180,7 +171,7 @@ def test_real_training_job_two_nodes_two_tasks_writes_one_summary(slurm_env, tmp
                     "train.global_batch_size=32", "parallel.micro_batch_size=4"],
         env=slurm_env,
     )
-    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=600)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=600)
     assert [row["state"] for row in rows] == ["done"], rows
     summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
     assert summary["status"] == "done" and summary["layout"]["dp"] == 4 and summary["steps"] == 4
@@ -219,7 +210,7 @@ def test_real_trainer_preempted_resumes_from_the_signal_checkpoint(slurm_env, tm
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True)
             break
         time.sleep(0.3)
-    rows = wait_states(sweep_dir, slurm_env, {"done", "failed"}, timeout=600)
+    rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=600)
     assert rows[0]["state"] == "done", rows
     text = log.read_text()
     resumed = re.search(r"resumed from \S+ at step (\d+)", text)

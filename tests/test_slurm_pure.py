@@ -16,7 +16,7 @@ from jobs.cluster_check import parse_sinfo, request_problems
 from jobs.requeue import PreemptionGuard
 from jobs.sbatch import Resources
 from jobs.submit import expand
-from jobs.sweep import point_state
+from jobs.sweep import point_state, progress_line
 
 SINFO = "debug*|4|4|(null)|(null)|up\ngpu|2|64|gpu:a100:8|a100,ib|up\ngpu|1|32|gpu:4|v100|up\ndown|1|2|(null)||down\n"
 
@@ -131,3 +131,9 @@ def test_sweep_params_of_an_experiment_file_become_points_and_the_command_line_w
     narrowed = plan(tmp_path, ["+experiment=topk_sweep", "+experiment/codec=dense,topk10pct"], check_cluster=False)
     assert [p[-1] for p in narrowed["points"]] == ["+experiment/codec=dense", "+experiment/codec=topk10pct"]
     assert [cfg["compression"]["codec"] for cfg in narrowed["configs"]] == ["none", "topk"]
+
+
+def test_progress_line_counts_points_per_state_in_a_fixed_order():
+    rows = [{"state": s} for s in ("running", "done", "failed", "done", "queued", "requeued")]
+    assert progress_line(rows) == "2 done, 1 failed, 1 running, 1 queued, 1 requeued"
+    assert progress_line([]) == ""
