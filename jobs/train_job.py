@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from hybridrec.config import register_configs, to_run_config
+from hybridrec.dist.env import DistEnv
 from hybridrec.main import run
 from jobs.requeue import restart_count, run_requeueable
 
@@ -26,7 +27,7 @@ def main(cfg: DictConfig) -> dict:
     if restart_count() > 0:
         run_cfg.train.resume = "auto"
     summary = run_requeueable(run, run_cfg)
-    if summary.get("layout") and summary.get("status") == "done":
+    if DistEnv.from_environ().rank == 0 and summary.get("layout") and summary.get("status") == "done":
         for protocol, row in summary["metrics"].items():
             base = summary.get("baseline_most_popular", {}).get(protocol, {})
             cells = "  ".join(f"{k} {v:.4f} (pop {base.get(k, float('nan')):.4f})" for k, v in row.items())
