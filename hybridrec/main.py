@@ -280,8 +280,8 @@ class _Job:
 
     def _rebalance(self, step: int, why: str) -> None:
         """Apply a new partition live: collective checkpoint, rebuild chunks + Trainer with the new
-        per-stage layer counts, load the weights by global name. Adam moments are not carried across
-        partitions (megatron keys them by local parameter order): they restart from zero."""
+        per-stage layer counts, load the weights by global name, and carry Adam's state by global name
+        across the pipeline group (non-distributed optimizer; with the distributed one it restarts)."""
         from hybridrec.train import checkpoint
 
         old = list(self.watch.partition.layers_per_stage)
@@ -295,17 +295,31 @@ class _Job:
         else:
             ckpt = self.save()
             _, full = checkpoint.load_full_state(ckpt)
+            adam = self._gather_adam_state()
             self.model_cfg = dataclasses.replace(self.model_cfg, **new.megatron_kwargs())
             self.trainer = None  # free the old chunks' buffers before building the new ones
             self._build_model(full)
             self.trainer.step = step
+            kept = adam is not None and self.trainer.load_adam_state_by_name(self.param_infos, adam) > 0
             if self.grad_sync is not None:  # error-feedback residuals belong to the old buffers
                 self.grad_sync.drain()
                 self.grad_sync.ctx.memory.clear()
-            event.update(applied=True, optimizer_state="reset", checkpoint=str(ckpt))
+            event.update(applied=True, optimizer_state="kept" if kept else "reset", checkpoint=str(ckpt))
             _print0(self.rank, f"balance: step {step}: {why}; re-partitioned {old} -> {event['new']} "
-                               f"(weights via {ckpt}; Adam moments reset)")
+                               f"(weights via {ckpt}; Adam state {event['optimizer_state']})")
         self.balance["rebalances"].append(event)
+
+    def _gather_adam_state(self) -> dict[str, Any] | None:
+        """Collective over the pipeline group: every stage's Adam state by global name (layers change
+        stage in a re-partition; tp and dp coordinates do not). None with the distributed optimizer."""
+        from megatron.core import parallel_state as ps
+
+        if self.cfg.parallel.use_distributed_optimizer:
+            return None
+        group = ps.get_pipeline_model_parallel_group()
+        stages: list[Any] = [None] * self.dist.get_world_size(group)
+        self.dist.all_gather_object(stages, self.trainer.adam_state_by_name(self.param_infos), group=group)
+        return {name: state for stage in stages for name, state in stage.items()}
 
     def _stop_if_preempted(self, step: int) -> None:
         """Slurm preemption protocol (docs/ARCHITECTURE.md): a collective check every step; on a

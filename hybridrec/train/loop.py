@@ -186,6 +186,44 @@ class Trainer:
     def _optimizer_parts(self) -> list[Any]:
         return list(getattr(self.optimizer, "chained_optimizers", [self.optimizer]))
 
+    def adam_state_by_name(self, param_infos: list[list[Any]]) -> dict[str, dict[str, torch.Tensor]]:
+        """{global parameter name: its Adam state (step, exp_avg, exp_avg_sq), CPU copies} for this rank's
+        parameters: what survives a change of pipeline split (names do not depend on the layout).
+        Only for megatron's non-distributed optimizer, whose torch Adam holds the model parameters."""
+        owners = self._inner_optimizers_by_param()
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for chunk, infos in zip(self.chunks, param_infos, strict=True):
+            params = dict(chunk.module.named_parameters())
+            for info in infos:
+                param = params[info.local_name]
+                state = owners[id(param)].state.get(param) if id(param) in owners else None
+                if state:
+                    out[info.global_name] = {key: value.detach().cpu().clone() for key, value in state.items()}
+        return out
+
+    def load_adam_state_by_name(self, param_infos: list[list[Any]], states: dict[str, dict[str, torch.Tensor]]) -> int:
+        """Install `adam_state_by_name` output (from any pipeline split) for the parameters this rank
+        holds now; returns how many parameters got a state."""
+        owners = self._inner_optimizers_by_param()
+        loaded = 0
+        for chunk, infos in zip(self.chunks, param_infos, strict=True):
+            params = dict(chunk.module.named_parameters())
+            for info in infos:
+                param, state = params[info.local_name], states.get(info.global_name)
+                if state is None or id(param) not in owners:
+                    continue
+                # torch keeps Adam's step on the CPU (non-capturable); moments live with the parameter
+                owners[id(param)].state[param] = {key: value.clone() if key == "step" else value.to(param.device)
+                                                  for key, value in state.items()}
+                loaded += 1
+        return loaded
+
+    def _inner_optimizers_by_param(self) -> dict[int, torch.optim.Optimizer]:
+        if any(hasattr(part, "get_parameter_state_dp_reshardable") for part in self._optimizer_parts()):
+            raise NotImplementedError("Adam state by name needs the non-distributed optimizer")
+        return {id(param): part.optimizer for part in self._optimizer_parts()
+                for group in part.optimizer.param_groups for param in group["params"]}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for chunk, chunk_state in zip(self.chunks, state["model"], strict=True):
             current = chunk.module.state_dict()
