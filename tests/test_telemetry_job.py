@@ -5,14 +5,12 @@ the metadata."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_telemetry_trainer import run_two_rank_job
 
-from hybridrec.dist.launch import launch
 from hybridrec.telemetry import timers as timers_mod
 from hybridrec.telemetry.recorder import read_run
 from hybridrec.telemetry.timers import PHASES
@@ -21,14 +19,9 @@ from hybridrec.telemetry.timers import PHASES
 @pytest.mark.slow
 def test_tensor_parallel_job_records_tp_comm_optimizer_and_samples(tmp_path: Path) -> None:
     run_dir = tmp_path / "tp2"
-    result = launch([sys.executable, "-m", "jobs.train_job", "parallel=tp2", "model=sasrec_tiny", "train=quick",
-                     "train.steps=4", "train.global_batch_size=16", "parallel.micro_batch_size=8",
-                     "telemetry.nvml_interval_s=0.05", "telemetry.flush_every_steps=2",
-                     "eval.protocols=[uni100]", "eval.baseline=false", f"hydra.run.dir={run_dir}"],
-                    2, timeout_s=600)
-    assert result.returncode == 0, result
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "done", summary.get("error")
+    run_two_rank_job(run_dir, ["parallel=tp2", "train.steps=4", "train.global_batch_size=16",
+                               "parallel.micro_batch_size=8", "telemetry.nvml_interval_s=0.05",
+                               "telemetry.flush_every_steps=2"])
     ranks = read_run(run_dir)
     assert sorted(ranks) == [0, 1]
     for data in ranks.values():
@@ -47,10 +40,6 @@ def test_tensor_parallel_job_records_tp_comm_optimizer_and_samples(tmp_path: Pat
 def test_telemetry_off_job_still_trains(tmp_path: Path) -> None:
     """telemetry.enabled=false: no timers, no files; the job (tp=2) is unchanged otherwise."""
     run_dir = tmp_path / "off"
-    result = launch([sys.executable, "-m", "jobs.train_job", "parallel=tp2", "model=sasrec_tiny", "train=quick",
-                     "train.steps=2", "train.global_batch_size=16", "parallel.micro_batch_size=8",
-                     "telemetry=off", "eval.protocols=[uni100]", "eval.baseline=false",
-                     f"hydra.run.dir={run_dir}"], 2, timeout_s=600)
-    assert result.returncode == 0, result
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "done"
+    run_two_rank_job(run_dir, ["parallel=tp2", "train.steps=2", "train.global_batch_size=16",
+                               "parallel.micro_batch_size=8", "telemetry=off"])
     assert not (run_dir / "telemetry").exists()

@@ -20,15 +20,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_trainer_pipeline_run_records_phases_that_sum_to_wall_time(tmp_path: Path) -> None:
-    run_dir = tmp_path / "pp2"
-    result = launch([sys.executable, "-m", "jobs.train_job", "parallel=pp2", "model=sasrec_tiny", "train=quick",
-                     "train.steps=5", "train.global_batch_size=32", "parallel.micro_batch_size=8",
-                     "eval.protocols=[uni100]", "eval.baseline=false", f"hydra.run.dir={run_dir}"],
-                    2, timeout_s=900)
+JOB = [sys.executable, "-m", "jobs.train_job", "model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]",
+       "eval.baseline=false"]
+
+
+def run_two_rank_job(run_dir: Path, overrides: list[str], timeout_s: float = 900) -> dict:
+    """jobs.train_job on 2 local gloo ranks; returns its summary.json (status done)."""
+    result = launch([*JOB, *overrides, f"hydra.run.dir={run_dir}"], 2, timeout_s=timeout_s)
     assert result.returncode == 0, result
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done", summary.get("error")
+    return summary
+
+
+def test_trainer_pipeline_run_records_phases_that_sum_to_wall_time(tmp_path: Path) -> None:
+    run_dir = tmp_path / "pp2"
+    summary = run_two_rank_job(run_dir, ["parallel=pp2", "train.steps=5", "train.global_batch_size=32",
+                                         "parallel.micro_batch_size=8"])
     ranks = read_run(run_dir)
     assert sorted(ranks) == [0, 1]
     for data in ranks.values():
