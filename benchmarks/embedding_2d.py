@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -26,17 +25,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.dist.env import free_port
 from hybridrec.embedding.groups import EmbeddingGroups
 from hybridrec.embedding.memory import embedding_memory, mib
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad
 from hybridrec.embedding.sharded import ShardedEmbedding, create_process_groups
 from hybridrec.io import atomic_write_json
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rss_mib(field: str) -> float:

@@ -4,12 +4,12 @@ data, same steps, same optimizer), on the synthetic tiny data set with 4 gloo pr
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.dist.env import free_port
 from hybridrec.embedding.quality import QualitySetup, load_data, train_baseline, train_sharded
 from hybridrec.io import atomic_write_json
 
@@ -18,12 +18,6 @@ WORLD = 4
 # errors of HR@10 ~0.7 over ~1.1k test users; the gradient-synced 2D layout is the same computation
 # as the baseline, so it must agree to float rounding.
 HR_TOLERANCE, EXACT_TOLERANCE = 0.03, 2e-3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def worker(rank: int, port: int, setup: QualitySetup, out: str) -> None:

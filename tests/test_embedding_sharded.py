@@ -4,14 +4,13 @@ computed in every process from the same seeds."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.dist.env import free_port
 from hybridrec.embedding.exchange import LookupBytes, exchange_bytes, plan_exchange
 from hybridrec.embedding.groups import EmbeddingGroups, RowSharding
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad
@@ -24,12 +23,6 @@ from hybridrec.embedding.sharded import (
 from hybridrec.topology import RackMap
 
 WORLD, ROWS, DIM, SEED, LR = 4, 61, 6, 5, 0.1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def rank_inputs(rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,12 +4,12 @@ groups created by 8 real gloo processes (slow)."""
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 
 import pytest
 
 from hybridrec.config.parallel import ParallelConfig
+from hybridrec.dist.env import free_port
 from hybridrec.dist.layout import MEGATRON_ORDER, ParallelLayout
 
 LAYOUTS = [(1, 1, 8), (2, 1, 8), (1, 2, 8), (2, 2, 8), (4, 2, 8), (2, 4, 8), (8, 1, 8), (3, 2, 12), (2, 3, 12)]
@@ -29,12 +29,6 @@ def test_groups_match_megatron_rank_generator(tp, pp, world):
     assert layout.dp_groups() == gen.get_ranks("dp")
     assert layout.pp_groups() == gen.get_ranks("pp")
     assert layout.model_parallel_groups() == gen.get_ranks("tp-pp")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, tp: int, pp: int, queue) -> None:
@@ -64,7 +58,7 @@ def test_groups_match_megatron_parallel_state_with_8_gloo_processes(tp, pp):
     import torch.multiprocessing as mp
 
     world = 8
-    port = _free_port()
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, world, port, tp, pp, queue)) for r in range(world)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.dist.env import free_port
 from hybridrec.io import atomic_write_json
 from hybridrec.telemetry import timers as timers_mod
 from hybridrec.telemetry.nvml import UtilizationSampler
@@ -46,12 +46,6 @@ class TinyJob:
     hidden: int = 32
     batch_per_rank: int = 32
     seed: int = 0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _data(job: TinyJob) -> np.ndarray:
@@ -208,7 +202,7 @@ def run_tiny_jobs(jobs: list[TinyJob]) -> list[Path]:
         (out / ".hydra").mkdir(parents=True, exist_ok=True)  # what a Hydra multirun job dir has
         (out / ".hydra" / "overrides.yaml").write_text(
             f"- name={job.name}\n- compression.codec={job.codec}\n- compression.ratio={job.ratio}\n")
-    ctx = mp.start_processes(_worker, args=(jobs, [_free_port() for _ in jobs]),
+    ctx = mp.start_processes(_worker, args=(jobs, [free_port() for _ in jobs]),
                              nprocs=max(j.world_size for j in jobs), join=False, start_method="spawn")
     try:
         while not ctx.join(timeout=300):

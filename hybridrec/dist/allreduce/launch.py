@@ -6,7 +6,6 @@ from __future__ import annotations
 import ctypes
 import datetime
 import os
-import socket
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,13 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.dist.env import free_port
+
 CLONE_NEWNET = 0x40000000
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def enter_netns(name: str) -> None:
