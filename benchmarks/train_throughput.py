@@ -13,25 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import dataclass
-
-
-@dataclass
-class _Layout:
-    tp: int = 1
-    pp: int = 1
-    vpp: int = 1
-    dp: int = 1
-    micro_batch_size: int = 128
-    num_micro_batches: int = 1
 
 
 def measure(items: int, args: argparse.Namespace) -> dict[str, float]:
     import torch
 
     from hybridrec.config.model import ModelConfig
+    from hybridrec.config.parallel import ParallelConfig
     from hybridrec.config.train import TrainConfig
     from hybridrec.dist import backend
+    from hybridrec.dist.layout import ParallelLayout
     from hybridrec.model import sasrec
     from hybridrec.train.loop import Batch, Trainer
 
@@ -41,7 +32,8 @@ def measure(items: int, args: argparse.Namespace) -> dict[str, float]:
     tconfig = sasrec.transformer_config(mcfg, 1, 1, 1, backend.setup(args.device))
     device = backend.device()
     trainer = Trainer(sasrec.build_chunks(mcfg, shape, tconfig, device), tconfig,
-                      _Layout(micro_batch_size=args.batch), TrainConfig(lr=1e-3))
+                      ParallelLayout.build(ParallelConfig(micro_batch_size=args.batch), 1, args.batch),
+                      TrainConfig(lr=1e-3))
     gen = torch.Generator().manual_seed(0)
     seqs = torch.randint(1, items + 1, (args.batch, args.seq + 1), generator=gen)
     lengths = torch.randint(2, args.seq + 2, (args.batch, 1), generator=gen)
