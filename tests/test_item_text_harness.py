@@ -7,14 +7,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
-from test_train_harness import NUM_ITEMS, SEQ, USERS, tiny_data
+from test_train_harness import NUM_ITEMS, SEQ, USERS, spawn_ranks, start_rank, tiny_data
 
 TEXT_VOCAB = 90  # padded to 128 for tp 1 and 2 with vocab_pad_multiple 64
 MAX_TOKENS = 6
@@ -39,19 +37,13 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hybridrec.config.model import ModelConfig
-    from hybridrec.config.parallel import ParallelConfig
     from hybridrec.config.train import TrainConfig
     from hybridrec.dist import backend
-    from hybridrec.dist.layout import ParallelLayout
     from hybridrec.eval import ranking
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer
 
-    device = backend.setup("cpu")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    layout = ParallelLayout.build(ParallelConfig(tp=spec["tp"], pp=spec["pp"], vpp=spec["vpp"],
-                                                 micro_batch_size=spec["mbs"]), world, spec["global_batch"])
-    parallel.initialize(layout.tp, layout.pp, layout.vpp, seed=7)
+    device, layout = start_rank(rank, world, port, spec)
     mcfg = ModelConfig(hidden_size=32, num_layers=spec["layers"], num_attention_heads=4, ffn_hidden_size=64,
                        dropout=0.0, vocab_pad_multiple=64, item_repr=spec["item_repr"],
                        item_fusion=spec["fusion"], item_text_pool=spec["pool"])
@@ -99,22 +91,8 @@ def run_text_layout(tp: int = 1, pp: int = 1, dp: int = 1, vpp: int = 1, *, item
                     fusion: str = "sum", pool: str = "mean", steps: int = 4, mbs: int = 2, global_batch: int = 16,
                     layers: int = 4, lr: float = 3e-3, clip: float = 1.0, timeout_s: float = 900.0) -> dict[str, Any]:
     """Train the item-text model with the layout on tp*pp*dp spawned gloo processes; rank 0's record."""
-    from hybridrec.dist.env import free_port
-
-    world = tp * pp * dp
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"tp": tp, "pp": pp, "vpp": vpp, "steps": steps, "mbs": mbs, "global_batch": global_batch,
                 "layers": layers, "lr": lr, "clip": clip, "item_repr": item_repr, "fusion": fusion, "pool": pool,
                 "out": os.path.join(tmp, "record.json")}
-        ctx = mp.spawn(_worker, args=(world, free_port(), spec), nprocs=world, join=False)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while not ctx.join(timeout=1.0):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"item-text layout tp{tp} pp{pp} dp{dp} did not finish in {timeout_s}s")
-        finally:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
-        return json.loads(Path(spec["out"]).read_text())
+        return spawn_ranks(_worker, tp * pp * dp, spec, timeout_s, f"item-text layout tp{tp} pp{pp} dp{dp}")

@@ -42,24 +42,53 @@ def tiny_data(seed: int = 0) -> dict[str, np.ndarray]:
             "negatives": negatives}
 
 
-def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def start_rank(rank: int, world: int, port: int, spec: dict[str, Any]) -> tuple[str, Any]:
+    """In a spawned rank: gloo process group, the spec's layout and megatron's groups -> (device, layout)."""
     import torch.distributed as dist
 
-    from hybridrec.config.model import ModelConfig
     from hybridrec.config.parallel import ParallelConfig
-    from hybridrec.config.train import TrainConfig
     from hybridrec.dist import backend
     from hybridrec.dist.layout import ParallelLayout
-    from hybridrec.eval import ranking
-    from hybridrec.model import parallel, sasrec
-    from hybridrec.train import checkpoint
-    from hybridrec.train.loop import Batch, Trainer
+    from hybridrec.model import parallel
 
     device = backend.setup("cpu")
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     layout = ParallelLayout.build(ParallelConfig(tp=spec["tp"], pp=spec["pp"], vpp=spec["vpp"],
                                                  micro_batch_size=spec["mbs"]), world, spec["global_batch"])
     parallel.initialize(layout.tp, layout.pp, layout.vpp, seed=7)
+    return device, layout
+
+
+def spawn_ranks(worker: Any, world: int, spec: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
+    """Run `worker(rank, world, port, spec)` on `world` spawned processes; rank 0's record (spec['out'])."""
+    from hybridrec.dist.env import free_port
+
+    ctx = mp.spawn(worker, args=(world, free_port(), spec), nprocs=world, join=False)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not finish in {timeout_s}s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+    return json.loads(Path(spec["out"]).read_text())
+
+
+def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+    import torch.distributed as dist
+
+    from hybridrec.config.model import ModelConfig
+    from hybridrec.config.train import TrainConfig
+    from hybridrec.dist import backend
+    from hybridrec.eval import ranking
+    from hybridrec.model import parallel, sasrec
+    from hybridrec.train import checkpoint
+    from hybridrec.train.loop import Batch, Trainer
+
+    device, layout = start_rank(rank, world, port, spec)
     mcfg = ModelConfig(hidden_size=32, num_layers=spec["layers"], num_attention_heads=4, ffn_hidden_size=64,
                        dropout=0.0, vocab_pad_multiple=64,
                        num_layers_in_first_pipeline_stage=spec.get("first_stage_layers"),
@@ -113,21 +142,7 @@ def run_layout(tp: int = 1, pp: int = 1, dp: int = 1, vpp: int = 1, *, steps: in
                global_batch: int = 16, layers: int = 4, lr: float = 3e-3, distopt: bool = False,
                timeout_s: float = 900.0, **extra: Any) -> dict[str, Any]:
     """Train with the layout on tp*pp*dp spawned gloo processes; rank 0's record."""
-    from hybridrec.dist.env import free_port
-
-    world = tp * pp * dp
     with tempfile.TemporaryDirectory() as tmp:
         spec = {"tp": tp, "pp": pp, "vpp": vpp, "steps": steps, "mbs": mbs, "global_batch": global_batch,
                 "layers": layers, "lr": lr, "distopt": distopt, "out": os.path.join(tmp, "record.json"), **extra}
-        ctx = mp.spawn(_worker, args=(world, free_port(), spec), nprocs=world, join=False)
-        deadline = time.monotonic() + timeout_s
-        try:
-            while not ctx.join(timeout=1.0):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"layout tp{tp} pp{pp} dp{dp} vpp{vpp} did not finish in {timeout_s}s")
-        finally:
-            for proc in ctx.processes:
-                if proc.is_alive():
-                    proc.terminate()
-                    proc.join(5)
-        return json.loads(Path(spec["out"]).read_text())
+        return spawn_ranks(_worker, tp * pp * dp, spec, timeout_s, f"layout tp{tp} pp{pp} dp{dp} vpp{vpp}")
