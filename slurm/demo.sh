@@ -16,7 +16,7 @@ command -v slurmctld >/dev/null || reason="Slurm is not installed (scripts/insta
 if [ -n "$reason" ]; then
   echo "demo: no local Slurm cluster: $reason; running the sweep with hydra/launcher=local"
   $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single
-  $PY -m analysis.collect "$OUT" && cat "$OUT/analysis/table.md"
+  $PY -m analysis.collect "$OUT"   # prints the table, writes it and the plots to $OUT/analysis
   exit 0
 fi
 BASE=$(mktemp -d /tmp/hybridrec-demo-XXXX)
@@ -26,5 +26,5 @@ export SLURM_CONF=$BASE/etc/slurm.conf
 $PY -m jobs.submit --sweep-dir "$OUT" "${ARGS[@]}"
 $PY -m jobs.sweep wait "$OUT" --timeout 3600 || true   # progress lines, then each point's state
 $PY -m jobs.sweep collect "$OUT" > "$OUT/collected.json"
-$PY -m analysis.collect "$OUT" && cat "$OUT/analysis/table.md"
+$PY -m analysis.collect "$OUT"   # prints the table, writes it and the plots to $OUT/analysis
 echo "demo: summaries in $OUT/*/summary.json, all of them in $OUT/collected.json, table and plots in $OUT/analysis/"
