@@ -17,4 +17,3 @@ for layout in dp4 tp4 pp4 tp2_pp2 tp2_dp2 pp2_dp2; do
   i=$((i+1))
 done
 $PY -m analysis.collect "$OUT"
-cat "$OUT/analysis/table.md"
