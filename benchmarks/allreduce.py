@@ -34,16 +34,16 @@ import torch.distributed as dist
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrec.config.comm import CompressionConfig
-from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import (
+from hybridrec.distributed.accounting import ByteCounter
+from hybridrec.distributed.allreduce import (
     ReduceContext,
     build_comm_groups,
     discover_rack_map,
     get_algorithm,
     hierarchical,
 )
-from hybridrec.dist.allreduce.launch import run_ranks
-from hybridrec.dist.compression import make_codec
+from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.compression import make_codec
 from hybridrec.io import atomic_write_json
 from hybridrec.topology import RackMap
 

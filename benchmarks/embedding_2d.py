@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 from hybridrec.embedding.groups import EmbeddingGroups
 from hybridrec.embedding.memory import embedding_memory, mib
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad

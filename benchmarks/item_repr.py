@@ -38,8 +38,8 @@ def train_and_rank(data: Any, item_repr: str, args: argparse.Namespace) -> tuple
     from hybridrec.config.parallel import ParallelConfig
     from hybridrec.config.train import TrainConfig
     from hybridrec.data.batches import TrainBatchIterator, eval_examples, train_examples
-    from hybridrec.dist import backend
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.eval import ranking
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer
@@ -87,8 +87,8 @@ def main() -> None:
     import torch.distributed as dist
 
     from hybridrec.data.batches import eval_examples
-    from hybridrec.dist import backend
-    from hybridrec.dist.env import free_port
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.env import free_port
     from hybridrec.eval.metrics import hit_ndcg
 
     backend.setup("cpu")

@@ -1,7 +1,7 @@
 """Layouts benchmark: samples/s and communication share of single-mode (pure dp, pure tp, pure pp) and
 hybrid layouts training the same recommender on the same global batch, in one run, as a table.
 
-Each layout is launched as tp*pp*dp local gloo ranks (`hybridrec.dist.launch`) running the trainer
+Each layout is launched as tp*pp*dp local gloo ranks (`hybridrec.distributed.launch`) running the trainer
 (megatron schedules, DDP, optimizer; rank program shared with benchmarks/pipeline_balance.py). Figures
 are medians over the measured steps: step = wall seconds of `Trainer.train_step` (max over ranks);
 samples/s = global batch / step; compute share = megatron's forward-compute + backward-compute timers /
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmarks/layouts.json")
     args = parser.parse_args()
 
-    from hybridrec.dist.launch import launch
+    from hybridrec.distributed.launch import launch
 
     results = {}
     for name, tp, pp, dp in LAYOUTS:

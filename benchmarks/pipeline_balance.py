@@ -49,9 +49,9 @@ def worker(spec_path: str) -> None:
 
     from hybridrec.config.parallel import ParallelConfig
     from hybridrec.config.train import TrainConfig
-    from hybridrec.dist import backend
-    from hybridrec.dist.env import DistEnv, init_process_group
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.env import DistEnv, init_process_group
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer
     from hybridrec.train.profile import StepTimers, timed_collectives
@@ -168,7 +168,7 @@ def main() -> None:
 
     import tempfile
 
-    from hybridrec.dist.launch import launch
+    from hybridrec.distributed.launch import launch
     from hybridrec.model.sasrec import padded_vocab_size
     from hybridrec.train import profile as P
     from hybridrec.train.balance import balanced_partition, uniform_partition

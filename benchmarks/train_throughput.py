@@ -21,8 +21,8 @@ def measure(items: int, args: argparse.Namespace) -> dict[str, float]:
     from hybridrec.config.model import ModelConfig
     from hybridrec.config.parallel import ParallelConfig
     from hybridrec.config.train import TrainConfig
-    from hybridrec.dist import backend
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import sasrec
     from hybridrec.train.loop import Batch, Trainer
 
@@ -72,8 +72,8 @@ def main() -> None:
     import torch
     import torch.distributed as dist
 
-    from hybridrec.dist import backend
-    from hybridrec.dist.env import free_port
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.env import free_port
     from hybridrec.model import parallel
 
     device = backend.setup(args.device)

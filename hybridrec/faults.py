@@ -16,7 +16,7 @@ The knob is one string, from `HYBRIDREC_FAULT` (or given to `install`):
 Every injected error names the rank, the host and the step. Entry points that install the knob before
 the real code runs (nothing else in the package imports this module):
 
-    python -m hybridrec.dist.launch --nproc-per-node 2 hybridrec.faults run jobs.train_job [overrides]
+    python -m hybridrec.distributed.launch --nproc-per-node 2 hybridrec.faults run jobs.train_job [overrides]
     python -m hybridrec.faults worker --steps 20     # a small gloo step loop (one all_reduce per step)
     jobs.submit task "hybridrec.faults:train"        # Slurm: the default training task, knob from env
     jobs.submit task "hybridrec.faults:worker_task"  # Slurm: the gloo step loop, knob from env
@@ -202,7 +202,7 @@ def worker(steps: int, step_seconds: float, timeout_s: float) -> int:
     import torch
     import torch.distributed as dist
 
-    from hybridrec.dist.env import DistEnv, init_process_group
+    from hybridrec.distributed.env import DistEnv, init_process_group
 
     spec = from_env()
     env = DistEnv.from_environ()

@@ -54,10 +54,10 @@ def _grad_sync(cfg: RunConfig, layout: Any, rank: int, rack_map: Any) -> tuple[A
     """(GradSync, finalize_model_grads replacement) unless allreduce.algorithm is megatron's own."""
     if cfg.allreduce.algorithm == "megatron":
         return None, None
-    from hybridrec.dist.accounting import ByteCounter
-    from hybridrec.dist.allreduce.groups import build_comm_groups
-    from hybridrec.dist.grad_sync import GradSync
-    from hybridrec.dist.megatron_grad_hook import make_finalize_model_grads
+    from hybridrec.distributed.accounting import ByteCounter
+    from hybridrec.distributed.allreduce.groups import build_comm_groups
+    from hybridrec.distributed.grad_sync import GradSync
+    from hybridrec.distributed.megatron_grad_hook import make_finalize_model_grads
 
     groups = build_comm_groups(layout.groups("dp"), rack_map, rank)
     sync = GradSync.from_config(groups, cfg.allreduce, cfg.compression, ByteCounter(rack_map, rank))
@@ -84,8 +84,8 @@ class _Job:
         import torch.distributed as dist
 
         from hybridrec import preflight
-        from hybridrec.dist import backend
-        from hybridrec.dist.env import DistEnv, init_process_group
+        from hybridrec.distributed import backend
+        from hybridrec.distributed.env import DistEnv, init_process_group
 
         self.cfg, self.out = cfg, Path(cfg.output_dir or ".")
         self.env = DistEnv.from_environ()
@@ -131,7 +131,7 @@ class _Job:
     def _build_model(self, full: dict[str, torch.Tensor] | None = None) -> None:
         """This rank's chunks (with `self.model_cfg`'s per-stage layer counts) and the Trainer; `full`
         ({global name: tensor}, any layout) replaces the initial weights."""
-        from hybridrec.dist import backend
+        from hybridrec.distributed import backend
         from hybridrec.model import sasrec
         from hybridrec.train import checkpoint
         from hybridrec.train.loop import Trainer
@@ -332,7 +332,7 @@ class _Job:
 
     def evaluate(self) -> dict[str, Any]:
         from hybridrec.data.batches import eval_examples
-        from hybridrec.dist import backend
+        from hybridrec.distributed import backend
         from hybridrec.eval import ranking
 
         cfg = self.cfg.eval

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hybridrec.dist.env import BACKENDS
-from hybridrec.dist.layout import ParallelLayout
+from hybridrec.distributed.env import BACKENDS
+from hybridrec.distributed.layout import ParallelLayout
 from hybridrec.errors import ConfigError
 
 DATA_SOURCES = ("synthetic", "ml100k", "amazon2014", "amazon2018", "amazon2023")
@@ -42,7 +42,7 @@ def problems(cfg: Any, world_size: int) -> list[ConfigError]:
 
 def codec_names() -> tuple[str, ...]:
     try:
-        module = importlib.import_module("hybridrec.dist.compression")
+        module = importlib.import_module("hybridrec.distributed.compression")
         return tuple(sorted(module.CODECS))
     except (ImportError, AttributeError):
         return _FALLBACK_CODECS

@@ -111,7 +111,7 @@ def allreduce_suite(options: Mapping[str, Any]) -> dict[str, float]:
     import torch
     import torch.distributed as dist
 
-    from hybridrec.dist.env import DistEnv, init_process_group
+    from hybridrec.distributed.env import DistEnv, init_process_group
 
     init_process_group(DistEnv.from_environ(), "gloo", timeout_s=120)
     world = dist.get_world_size()

@@ -37,7 +37,7 @@ def probe(cfg: Any) -> dict:
     import torch
     import torch.distributed as dist
 
-    from hybridrec.dist.env import DistEnv, init_process_group
+    from hybridrec.distributed.env import DistEnv, init_process_group
     from hybridrec.topology import RackMap
 
     out = Path(_get(cfg, "output_dir", ".") or ".")

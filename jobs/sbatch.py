@@ -20,7 +20,7 @@ from hybridrec.errors import ConfigError
 TEMPLATES = Path(__file__).resolve().parent.parent / "slurm" / "templates"
 
 # exported before srun in every job: a master port free on the batch host (the first node, where
-# rank 0 runs), so two jobs never share one (hybridrec.dist.env reads HYBRIDREC_MASTER_PORT)
+# rank 0 runs), so two jobs never share one (hybridrec.distributed.env reads HYBRIDREC_MASTER_PORT)
 MASTER_PORT_SETUP = ('export HYBRIDREC_MASTER_PORT=$(python3 -c "import socket; s=socket.socket(); '
                      "s.bind(('', 0)); print(s.getsockname()[1])\")")
 

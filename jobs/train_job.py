@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from hybridrec.config import register_configs, to_run_config
-from hybridrec.dist.env import DistEnv
+from hybridrec.distributed.env import DistEnv
 from hybridrec.main import run
 from jobs.requeue import restart_count, run_requeueable
 

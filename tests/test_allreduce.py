@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from hybridrec.config.comm import CompressionConfig
-from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import ALGORITHMS, ReduceContext, build_comm_groups, hierarchical
-from hybridrec.dist.allreduce.launch import run_ranks
-from hybridrec.dist.compression import make_codec
+from hybridrec.distributed.accounting import ByteCounter
+from hybridrec.distributed.allreduce import ALGORITHMS, ReduceContext, build_comm_groups, hierarchical
+from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.compression import make_codec
 from hybridrec.topology import RackMap
 
 NUMEL = 65_537  # odd on purpose: uneven shards

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
-from hybridrec.dist.allreduce import build_comm_groups
-from hybridrec.dist.allreduce.launch import run_ranks
-from hybridrec.dist.grad_sync import GradSync
+from hybridrec.distributed.allreduce import build_comm_groups
+from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.grad_sync import GradSync
 from hybridrec.topology import RackMap
 
 RACKS = ["a", "b", "b", "a"]

@@ -8,16 +8,16 @@ import textwrap
 
 import pytest
 
-from hybridrec.dist.launch import launch, rank_command
+from hybridrec.distributed.launch import launch, rank_command
 
 RANK = textwrap.dedent("""
     import json, sys, torch
     import torch.distributed as dist
     from hybridrec.config.model import ModelConfig
     from hybridrec.config.parallel import ParallelConfig
-    from hybridrec.dist import backend
-    from hybridrec.dist.env import DistEnv, init_process_group
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.env import DistEnv, init_process_group
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import parallel
     from hybridrec.train.balance import RebalanceMonitor
     from hybridrec.train.profile import plan_adaptive, stage_times_across_pipeline

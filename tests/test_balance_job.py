@@ -22,7 +22,7 @@ BASE = ["model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]", "eval.bas
 
 
 def run_job(out: Path, overrides: list[str], env: dict[str, str] | None = None, nproc: int = 2) -> dict:
-    launcher = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", str(nproc), "--timeout", "600"]
+    launcher = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "600"]
     cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "jobs.train_job", *BASE, *overrides,
            f"hydra.run.dir={out}"]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=700, cwd=ROOT,

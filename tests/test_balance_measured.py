@@ -53,7 +53,7 @@ def test_adaptive_plan_for_a_job_single_process():
     from dataclasses import replace
 
     from hybridrec.config.parallel import ParallelConfig
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.preflight import check_stage_layers
 
     pcfg = ParallelConfig(pp=2, micro_batch_size=8, balance="adaptive", dynamic_micro_batch=True, profile_repeats=1)

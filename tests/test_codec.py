@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hybridrec.config.comm import CompressionConfig
-from hybridrec.dist.compression import CODECS, encode_with_feedback, make_codec, pack, unpack
+from hybridrec.distributed.compression import CODECS, encode_with_feedback, make_codec, pack, unpack
 from hybridrec.errors import ConfigError
 
 N = 2**18  # 1 MiB of fp32

@@ -9,7 +9,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 from hybridrec.embedding.quality import QualitySetup, load_data, train_baseline, train_sharded
 from hybridrec.io import atomic_write_json
 

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 from hybridrec.embedding.exchange import LookupBytes, exchange_bytes, plan_exchange
 from hybridrec.embedding.groups import EmbeddingGroups, RowSharding
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad

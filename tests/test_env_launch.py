@@ -8,11 +8,11 @@ import textwrap
 import time
 from pathlib import Path
 
-from hybridrec.dist.launch import launch, rank_command
+from hybridrec.distributed.launch import launch, rank_command
 
 ALLREDUCE = textwrap.dedent("""
     import sys, torch, torch.distributed as dist
-    from hybridrec.dist.env import DistEnv, init_process_group
+    from hybridrec.distributed.env import DistEnv, init_process_group
     env = DistEnv.from_environ()
     assert init_process_group(env, "auto", timeout_s=60) == "gloo"
     t = torch.tensor([float(env.rank + 1)])
@@ -26,7 +26,7 @@ ALLREDUCE = textwrap.dedent("""
 # rank 1 dies; rank 0 would wait forever in a collective
 DIES = textwrap.dedent("""
     import os, sys, time, torch, torch.distributed as dist
-    from hybridrec.dist.env import DistEnv, init_process_group
+    from hybridrec.distributed.env import DistEnv, init_process_group
     env = DistEnv.from_environ()
     init_process_group(env, "gloo", timeout_s=600)
     if env.rank == 1:
@@ -60,11 +60,11 @@ def test_dying_rank_ends_the_others_and_is_reported(tmp_path):
 def test_cli_reports_failed_rank_and_timeout(tmp_path):
     script = _script(tmp_path, "fail.py", "import os, sys, time\n"
                      "sys.exit(5) if os.environ['RANK'] == '0' else time.sleep(300)\n")
-    proc = subprocess.run([sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2",
+    proc = subprocess.run([sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", "2",
                            "--grace", "1", script], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 5
     assert "rank 0 on host " in proc.stderr and "failed (exit code 5)" in proc.stderr
     sleeper = _script(tmp_path, "sleep.py", "import time\ntime.sleep(300)\n")
-    proc = subprocess.run([sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2",
+    proc = subprocess.run([sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", "2",
                            "--timeout", "1", "--grace", "1", sleeper], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 124 and "timeout" in proc.stderr

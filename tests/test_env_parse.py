@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from hybridrec.dist.env import (
+from hybridrec.distributed.env import (
     PORT_BASE,
     PORT_SPAN,
     DistEnv,

@@ -59,7 +59,7 @@ def launch_worker(fault: str, nproc: int = 3, steps: int = 40, timeout: float = 
     from the injected fault to the launcher's exit)."""
     token = uuid.uuid4().hex
     env = {**os.environ, "HYBRIDREC_FAULT": fault, "FAULT_TOKEN": token, "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", str(nproc), "--grace", "2",
+    argv = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--grace", "2",
             "--timeout", str(limit), "hybridrec.faults", "worker", "--steps", str(steps), "--step-seconds", "0.05",
             "--timeout", str(timeout)]
     start = time.time()
@@ -121,7 +121,7 @@ def test_real_trainer_rank_dying_ends_the_job_without_a_done_result(kind: str, t
     token = uuid.uuid4().hex
     out = tmp_path / "run"
     env = {**os.environ, "HYBRIDREC_FAULT": f"kind={kind},rank=1,step=2", "FAULT_TOKEN": token}
-    argv = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", "2", "--grace", "2", "--timeout", "600",
+    argv = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", "2", "--grace", "2", "--timeout", "600",
             "hybridrec.faults", "run", "jobs.train_job", "parallel=dp2", "parallel.micro_batch_size=16",
             "model=sasrec_tiny", "train=quick", "train.steps=6", "eval.protocols=[uni100]", "eval.baseline=false",
             "telemetry.enabled=false", "parallel.timeout_s=300", f"hydra.run.dir={out}",

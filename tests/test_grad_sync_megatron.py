@@ -6,7 +6,7 @@ as megatron's own finalize_model_grads, and a refused config is named."""
 import pytest
 import torch
 
-from hybridrec.dist.allreduce.launch import run_ranks
+from hybridrec.distributed.allreduce.launch import run_ranks
 
 CASES = {
     "flat": (["a", "b"], "flat", "leader", "sync"),
@@ -54,10 +54,10 @@ def _worker(rank: int, world: int) -> dict:
     from megatron.core.distributed.finalize_model_grads import finalize_model_grads
 
     from hybridrec.config.comm import AllreduceConfig, CompressionConfig
-    from hybridrec.dist import backend
-    from hybridrec.dist.allreduce import build_comm_groups
-    from hybridrec.dist.grad_sync import GradSync
-    from hybridrec.dist.megatron_grad_hook import make_finalize_model_grads
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.allreduce import build_comm_groups
+    from hybridrec.distributed.grad_sync import GradSync
+    from hybridrec.distributed.megatron_grad_hook import make_finalize_model_grads
     from hybridrec.topology import RackMap
 
     backend.setup("cpu")

@@ -38,7 +38,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
 
     from hybridrec.config.model import ModelConfig
     from hybridrec.config.train import TrainConfig
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
     from hybridrec.eval import ranking
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer

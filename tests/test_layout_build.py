@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from hybridrec.config.parallel import ParallelConfig
-from hybridrec.dist.layout import ParallelLayout
+from hybridrec.distributed.layout import ParallelLayout
 from hybridrec.errors import ConfigError
 
 

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from hybridrec.config.parallel import ParallelConfig
-from hybridrec.dist.env import free_port
-from hybridrec.dist.layout import MEGATRON_ORDER, ParallelLayout
+from hybridrec.distributed.env import free_port
+from hybridrec.distributed.layout import MEGATRON_ORDER, ParallelLayout
 
 LAYOUTS = [(1, 1, 8), (2, 1, 8), (1, 2, 8), (2, 2, 8), (4, 2, 8), (2, 4, 8), (8, 1, 8), (3, 2, 12), (2, 3, 12)]
 

@@ -70,7 +70,7 @@ def test_attention_mask_is_causal_and_hides_padding_keys() -> None:
 
 
 def test_cpu_backend_setup_is_idempotent_and_chooses_gloo() -> None:
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     assert backend.setup("cpu") == "cpu"
     patched_zeros = torch.zeros

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hybridrec.dist.launch import launch
+from hybridrec.distributed.launch import launch
 from hybridrec.errors import ConfigError
 from jobs.cluster_check import parse_sinfo, request_problems
 from jobs.requeue import PreemptionGuard
@@ -95,7 +95,7 @@ def test_guard_turns_the_signal_into_a_flag_without_interrupting():
 
 RANK_LOOP = """
 import os, signal, sys, torch.distributed as dist
-from hybridrec.dist.env import DistEnv, init_process_group
+from hybridrec.distributed.env import DistEnv, init_process_group
 from jobs.requeue import PreemptionGuard
 init_process_group(DistEnv.from_environ(), "gloo", timeout_s=30)
 guard = PreemptionGuard.install()

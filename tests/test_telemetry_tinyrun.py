@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 from hybridrec.io import atomic_write_json
 from hybridrec.telemetry import timers as timers_mod
 from hybridrec.telemetry.nvml import UtilizationSampler

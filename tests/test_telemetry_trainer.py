@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from analysis.collect import collect
-from hybridrec.dist.launch import launch
+from hybridrec.distributed.launch import launch
 from hybridrec.telemetry.recorder import read_run
 from hybridrec.telemetry.timers import PHASES
 

@@ -3,7 +3,7 @@ pure group plan (racks, leaders, shard columns) for uneven and interleaved layou
 
 import pytest
 
-from hybridrec.dist.allreduce.groups import plan_groups
+from hybridrec.distributed.allreduce.groups import plan_groups
 from hybridrec.errors import ConfigError
 from hybridrec.topology import RackMap, expand_hostlist, parse_scontrol_topology
 

@@ -47,8 +47,8 @@ def start_rank(rank: int, world: int, port: int, spec: dict[str, Any]) -> tuple[
     import torch.distributed as dist
 
     from hybridrec.config.parallel import ParallelConfig
-    from hybridrec.dist import backend
-    from hybridrec.dist.layout import ParallelLayout
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import parallel
 
     device = backend.setup("cpu")
@@ -61,7 +61,7 @@ def start_rank(rank: int, world: int, port: int, spec: dict[str, Any]) -> tuple[
 
 def spawn_ranks(worker: Any, world: int, spec: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
     """Run `worker(rank, world, port, spec)` on `world` spawned processes; rank 0's record (spec['out'])."""
-    from hybridrec.dist.env import free_port
+    from hybridrec.distributed.env import free_port
 
     ctx = mp.spawn(worker, args=(world, free_port(), spec), nprocs=world, join=False)
     deadline = time.monotonic() + timeout_s
@@ -82,7 +82,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
 
     from hybridrec.config.model import ModelConfig
     from hybridrec.config.train import TrainConfig
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
     from hybridrec.eval import ranking
     from hybridrec.model import parallel, sasrec
     from hybridrec.train import checkpoint

@@ -22,7 +22,7 @@ def run_job(out: Path, extra: list[str], nproc: int = 1) -> dict:
     if nproc == 1:
         cmd = [sys.executable, "-m", *job]
     else:
-        cmd = [sys.executable, "-m", "hybridrec.dist.launch", "--nproc-per-node", str(nproc), "--timeout", "900",
+        cmd = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "900",
                *job]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1000, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,5 +1,5 @@
 """Schema of the `parallel/` config group: the tp x pp x dp layout, micro-batching, launching and
-pipeline balancing knobs (read by `hybridrec.dist.layout`, `hybridrec.dist.env`, `hybridrec.train.balance`)."""
+pipeline balancing knobs (read by `hybridrec.distributed.layout`, `hybridrec.distributed.env`, `hybridrec.train.balance`)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Owns the communication of the layout computed in `groups.py` (Zhang et al., arXi
              the replicas. The momentum-scaled row-wise AdaGrad compensates the accumulator growth
              this causes (see rowwise_adagrad.py).
   Both go through a `ReplicaSync` hook (`sync_(tensors)` averages in place over the replica
-  group): plain all-reduce by default; the topology-aware `hybridrec.dist.grad_sync.GradSync`
+  group): plain all-reduce by default; the topology-aware `hybridrec.distributed.grad_sync.GradSync`
   has the same method and plugs in unchanged so the replica sync can be rack-aware/compressed.
 
 Gradient convention: after `finish_grad_sync()` the gradient is that of the mean of the ranks'
@@ -260,15 +260,15 @@ class ShardedEmbedding(torch.nn.Module):
 
 
 def topology_aware_replica_sync(groups: EmbeddingGroups, rack_map, rank: int, **grad_sync_kwargs):
-    """A `hybridrec.dist.grad_sync.GradSync` over my replica group (rack-aware, optionally compressed).
+    """A `hybridrec.distributed.grad_sync.GradSync` over my replica group (rack-aware, optionally compressed).
 
     Collective over the world (every rank must call it, in the same order). Error feedback is off
     by default: the replica buffers hold a different set of rows every step, so a residual kept per
     bucket position would be added to the wrong rows. GradSync caches one bucket plan per buffer
     size; with row-sparse buffers that cache grows with the number of distinct sizes seen.
     """
-    from hybridrec.dist.allreduce.groups import build_comm_groups
-    from hybridrec.dist.grad_sync import GradSync
+    from hybridrec.distributed.allreduce.groups import build_comm_groups
+    from hybridrec.distributed.grad_sync import GradSync
 
     grad_sync_kwargs.setdefault("error_feedback", False)
     comm = build_comm_groups(groups.replica_groups(), rack_map, rank)

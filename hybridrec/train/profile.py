@@ -38,7 +38,7 @@ def transformer_config(model_cfg: Any, pp: int = 1, first: int | None = None, la
     """A megatron TransformerConfig for CPU or GPU runs of the recommender (fusions off)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     return TransformerConfig(
         num_layers=model_cfg.num_layers, hidden_size=model_cfg.hidden_size,
@@ -58,7 +58,7 @@ def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = T
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.models.gpt.gpt_model import GPTModel
 
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     model = GPTModel(config=tconfig, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=vocab_size,
                      max_sequence_length=seq_len, pre_process=pre_process, post_process=post_process,
@@ -75,8 +75,8 @@ def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[N
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
-    from hybridrec.dist import backend
-    from hybridrec.dist.env import free_port
+    from hybridrec.distributed import backend
+    from hybridrec.distributed.env import free_port
 
     backend.setup(device)
     created = not dist.is_initialized()
@@ -95,7 +95,7 @@ def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[N
 
 # ---------------------------------------------------------------------------- pieces as functions
 def _inputs(shape: ProfileShape, seed: int = 0) -> dict[str, torch.Tensor]:
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, shape.vocab_size, (shape.micro_batch_size, shape.seq_len), generator=gen)
@@ -139,7 +139,7 @@ def _layer_fn(layer: Any, mask: torch.Tensor) -> Callable:
 
 
 def _hidden(shape: ProfileShape, hidden_size: int) -> torch.Tensor:
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(shape.seq_len, shape.micro_batch_size, hidden_size, generator=gen) * 0.02
@@ -396,7 +396,7 @@ def plan_adaptive(model_cfg: Any, parallel_cfg: Any, layout: Any, vocab_size: in
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
-    from hybridrec.dist import backend
+    from hybridrec.distributed import backend
 
     plan: list[AdaptivePlan | None] = [None]
     distributed = dist.is_initialized()

@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig, validate_comm
-from hybridrec.dist.accounting import ByteCounter
-from hybridrec.dist.allreduce import CommGroups, ReduceContext, get_algorithm
-from hybridrec.dist.compression import Codec, make_codec
-from hybridrec.dist.compression.none import NoneCodec
+from hybridrec.distributed.accounting import ByteCounter
+from hybridrec.distributed.allreduce import CommGroups, ReduceContext, get_algorithm
+from hybridrec.distributed.compression import Codec, make_codec
+from hybridrec.distributed.compression.none import NoneCodec
 from hybridrec.errors import ConfigError
 
 Segment = tuple[int, int, int]  # (tensor index, start element, end element)

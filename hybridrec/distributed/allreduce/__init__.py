@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 
-from hybridrec.dist.allreduce.common import ReduceContext
-from hybridrec.dist.allreduce.flat import flat_sum_
-from hybridrec.dist.allreduce.groups import CommGroups, build_comm_groups, discover_rack_map, plan_groups
-from hybridrec.dist.allreduce.hierarchical import leader_sum_, reduce_scatter_sum_
+from hybridrec.distributed.allreduce.common import ReduceContext
+from hybridrec.distributed.allreduce.flat import flat_sum_
+from hybridrec.distributed.allreduce.groups import CommGroups, build_comm_groups, discover_rack_map, plan_groups
+from hybridrec.distributed.allreduce.hierarchical import leader_sum_, reduce_scatter_sum_
 from hybridrec.errors import ConfigError
 
 SumFn = Callable[[torch.Tensor, ReduceContext, str], None]

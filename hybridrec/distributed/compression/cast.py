@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from hybridrec.dist.compression.base import Payload
+from hybridrec.distributed.compression.base import Payload
 
 
 class CastCodec:

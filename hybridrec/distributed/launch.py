@@ -1,6 +1,6 @@
 """A torchrun-style local launcher: N ranks on this machine, a free port, and no hangs.
 
-    python -m hybridrec.dist.launch --nproc-per-node 4 <module | script.py> [args...]
+    python -m hybridrec.distributed.launch --nproc-per-node 4 <module | script.py> [args...]
 
 Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR and a MASTER_PORT picked
 free for this launch. If one rank exits non-zero (or is killed), the others are terminated (SIGTERM,
@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 
 
 @dataclass
@@ -113,7 +113,7 @@ def launch(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hybridrec.dist.launch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hybridrec.distributed.launch", description=__doc__.split("\n")[0])
     parser.add_argument("--nproc-per-node", "--nproc_per_node", type=int, required=True, dest="nproc")
     parser.add_argument("--master-port", type=int, default=None, help="default: a free port")
     parser.add_argument("--timeout", type=float, default=None, help="end all ranks after this many seconds")

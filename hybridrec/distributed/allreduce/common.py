@@ -15,10 +15,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from hybridrec.dist.accounting import ByteCounter, ring_allgather_bytes
-from hybridrec.dist.allreduce.groups import CommGroups
-from hybridrec.dist.compression import Codec, encode_with_feedback, pack, unpack
-from hybridrec.dist.compression.none import NoneCodec
+from hybridrec.distributed.accounting import ByteCounter, ring_allgather_bytes
+from hybridrec.distributed.allreduce.groups import CommGroups
+from hybridrec.distributed.compression import Codec, encode_with_feedback, pack, unpack
+from hybridrec.distributed.compression.none import NoneCodec
 
 
 @dataclass

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from hybridrec.dist.accounting import ring_allreduce_bytes
-from hybridrec.dist.allreduce.common import ReduceContext, compressed_sum_
+from hybridrec.distributed.accounting import ring_allreduce_bytes
+from hybridrec.distributed.allreduce.common import ReduceContext, compressed_sum_
 
 
 def flat_sum_(tensor: torch.Tensor, ctx: ReduceContext, key: str) -> None:

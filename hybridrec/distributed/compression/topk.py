@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from hybridrec.dist.compression.base import Payload, topk_count
+from hybridrec.distributed.compression.base import Payload, topk_count
 
 
 class TopKCodec:

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hybridrec.dist.env import free_port
+from hybridrec.distributed.env import free_port
 
 CLONE_NEWNET = 0x40000000
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hybridrec.dist.compression.base import Payload, ceil_div
+from hybridrec.distributed.compression.base import Payload, ceil_div
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 

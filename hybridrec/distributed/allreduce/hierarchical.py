@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from hybridrec.dist.accounting import ring_allreduce_bytes
-from hybridrec.dist.allreduce.common import (
+from hybridrec.distributed.accounting import ring_allreduce_bytes
+from hybridrec.distributed.allreduce.common import (
     ReduceContext,
     chunk_bounds,
     compressed_sum_,

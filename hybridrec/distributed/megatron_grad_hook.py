@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hybridrec.dist.grad_sync import GradSync
+from hybridrec.distributed.grad_sync import GradSync
 from hybridrec.errors import ConfigError
 
 

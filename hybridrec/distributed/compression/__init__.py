@@ -8,11 +8,11 @@ from collections.abc import Callable
 import torch
 
 from hybridrec.config.comm import CompressionConfig
-from hybridrec.dist.compression.base import Codec, Payload, encode_with_feedback, pack, unpack
-from hybridrec.dist.compression.cast import CastCodec
-from hybridrec.dist.compression.none import NoneCodec
-from hybridrec.dist.compression.sign1bit import SignCodec
-from hybridrec.dist.compression.topk import TopKCodec
+from hybridrec.distributed.compression.base import Codec, Payload, encode_with_feedback, pack, unpack
+from hybridrec.distributed.compression.cast import CastCodec
+from hybridrec.distributed.compression.none import NoneCodec
+from hybridrec.distributed.compression.sign1bit import SignCodec
+from hybridrec.distributed.compression.topk import TopKCodec
 from hybridrec.errors import ConfigError
 
 CODECS: dict[str, Callable[[CompressionConfig], Codec]] = {

@@ -1,6 +1,6 @@
 """The codec protocol (encode / decode / wire size), payload packing for transport, and error
 feedback memory (GRACE's split: compressor = codec, memory = `encode_with_feedback`, communicator =
-hybridrec.dist.allreduce)."""
+hybridrec.distributed.allreduce)."""
 
 from __future__ import annotations
 
