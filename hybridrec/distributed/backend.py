@@ -12,6 +12,10 @@ patches torch once (idempotently) so the same megatron code path runs on CPU wit
   megatron's optimizer, gradient clipping and distributed optimizer check for.
 - F: `Tensor.cuda()` returns the tensor itself (megatron moves the tied output embedding of the last
   pipeline stage with `.cuda()` before its first all-reduce: language_module.py:244).
+- G: torch's queue of deferred CUDA calls drops what is queued after setup. megatron's RNG tracker
+  sets the "CUDA" RNG state through `torch.cuda._lazy_call` (random.py:111) several times per step;
+  with CUDA never initialised torch keeps every call with a formatted stack trace forever (they would
+  only run at CUDA initialisation, which never comes), so memory grew with every step (issue 17).
 
 Nothing else in hybridrec knows about these differences: callers ask `device()` and
 `process_group_backend()` and build everything else the same way.
@@ -54,8 +58,15 @@ def _cuda_type_name(original: Callable[..., Any]) -> Callable[..., Any]:
     return tensor_type
 
 
+class _DiscardedCalls(list):
+    """Stands in for `torch.cuda._queued_calls` on CPU: deferred CUDA calls are dropped, not kept."""
+
+    def append(self, item: Any) -> None:  # the call would only run at CUDA initialisation
+        return None
+
+
 def _patch_torch_for_cpu() -> None:
-    """Apply patches A-F once per process."""
+    """Apply patches A-G once per process."""
     if _state["patched"]:
         return
     cpu_rng = lambda *args, **kwargs: torch.get_rng_state()
@@ -69,6 +80,8 @@ def _patch_torch_for_cpu() -> None:
     torch.cuda.synchronize = lambda *args, **kwargs: None  # D
     torch.Tensor.type = _cuda_type_name(torch.Tensor.type)  # E
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # F
+    if not torch.cuda.is_initialized():  # G
+        torch.cuda._queued_calls = _DiscardedCalls(torch.cuda._queued_calls)
     # on CPU the RNG tracker's fork switches nothing (NOTES.md): megatron warns on every dropout call
     logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
     _state["patched"] = True
