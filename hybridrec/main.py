@@ -124,7 +124,8 @@ class _Job:
             self.step_timers, self.trainer_timers = adaptive.watch_timers(self.timers)
             self.balance["watch_clock"] = "process CPU time" if self.device_name == "cpu" else "wall time"
         self._build_model()
-        self.batches = TrainBatchIterator(train_examples(self.data, cfg.data.max_seq_len),
+        examples = train_examples(self.data, cfg.data.max_seq_len, cfg.data.train_windows, cfg.data.train_stride)
+        self.batches = TrainBatchIterator(examples,
                                           cfg.train.global_batch_size, coords.dp, lay.dp, cfg.train.seed)
         self.recorder = self._recorder()
 

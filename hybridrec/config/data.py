@@ -18,6 +18,11 @@ class DataConfig:
     seed: int = 0
     kcore: int = 5
     max_seq_len: int = 50
+    # training examples: last (one window per user, SASRec) | all (windows over the whole train part)
+    train_windows: str = "last"
+    # all: a window ends every train_stride items and trains its last train_stride labels (0 = max_seq_len;
+    # 1 = every prefix)
+    train_stride: int = 0
     # processed data is cached here as HDF5; empty = ~/.cache/hybridrec
     cache_dir: str = ""
     # false: always rebuild (and rewrite) the cache file

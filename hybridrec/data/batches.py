@@ -1,11 +1,18 @@
 """Training examples, evaluation examples and the deterministic global-batch iterator.
 
-Training examples follow the SASRec convention: ONE example per user, built from the last
-`max_len + 1` items of the user's train part (s[:-2]): inputs = those items minus the last, labels =
-minus the first, both right-aligned and left-padded with 0; mask = 1.0 where the label is a real item.
-Older items of histories longer than max_len + 1 are not used. Memory: 2 int64 + 1 float32 arrays of
-(num_users, max_len), i.e. about 150 MB at paper scale (192k users, max_len 50). Users whose train part
-has a single item give no label and are left out.
+Training examples (`data.train_windows`):
+- `last` (the SASRec convention): ONE example per user, built from the last `max_len + 1` items of the
+  user's train part (s[:-2]): inputs = those items minus the last, labels = minus the first, both
+  right-aligned and left-padded with 0; mask = 1.0 where the label is a real item. Older items of
+  histories longer than max_len + 1 are never trained on.
+- `all` (the whole history): windows of max_len + 1 items ending every `stride` items from the end of the
+  train part back to its start (stride = `data.train_stride`, 0 = max_len); each window trains only its
+  last `stride` labels, so every next-item target of the train part is a label exactly once, with at
+  least max_len - stride items of context (fewer only near the start of the history). stride = max_len
+  cuts the history into consecutive chunks; stride = 1 is "every prefix" (one label per example).
+  The newest window of every user equals its `last` example.
+Memory: 2 int64 + 1 float32 arrays of (N, max_len): about 150 MB per 192k examples at max_len 50.
+Users whose train part has a single item give no label and are left out.
 
 `TrainBatchIterator` draws global batches from a stream of per-epoch permutations seeded by
 (seed, epoch), so the global batch at step t depends only on (examples, global_batch, seed, t): every
@@ -29,18 +36,37 @@ if TYPE_CHECKING:
 Examples = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
-def train_examples(data: ProcessedData, max_len: int) -> Examples:
-    """(inputs, labels, mask): int64, int64, float32 arrays of shape (N, max_len)."""
+TRAIN_WINDOWS = ("last", "all")
+
+
+def train_examples(data: ProcessedData, max_len: int, windows: str = "last", stride: int = 0) -> Examples:
+    """(inputs, labels, mask): int64, int64, float32 arrays of shape (N, max_len); see the module doc."""
     if max_len < 1:
         raise ConfigError("data.max_seq_len", max_len, "an integer >= 1")
+    if windows not in TRAIN_WINDOWS:
+        raise ConfigError("data.train_windows", windows, " | ".join(TRAIN_WINDOWS))
+    if not 0 <= stride <= max_len:
+        raise ConfigError("data.train_stride", stride, f"0 (= max_seq_len) or 1..max_seq_len={max_len}")
+    stride = stride or max_len
     starts = data.offsets[:-1]
-    ends = data.offsets[1:] - 2  # end of the train part
+    ends = data.offsets[1:] - 2  # end of the train part (exclusive)
     keep = np.flatnonzero(ends - starts >= 2)
-    window = left_padded_windows(data.items, starts[keep], ends[keep], max_len + 1)
+    starts, ends = starts[keep], ends[keep]
+    if windows == "last":
+        per_user = np.ones(len(keep), dtype=np.int64)
+        stride = max_len
+    else:  # ceil((targets in the train part) / stride) windows per user
+        per_user = -(-(ends - starts - 1) // stride)
+    user = np.repeat(np.arange(len(keep)), per_user)
+    back = np.arange(len(user)) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # 0 = newest window
+    window_ends = ends[user] - back * stride
+    window = left_padded_windows(data.items, starts[user], window_ends, max_len + 1)
     inputs = np.ascontiguousarray(window[:, :-1])
     labels = np.ascontiguousarray(window[:, 1:])
     labels[inputs == 0] = 0  # a short history's first item is never a label (it has no input before it)
     mask = (labels != 0).astype(np.float32)
+    if stride < max_len:
+        mask[:, :max_len - stride] = 0.0  # those labels are trained by the window `stride` items earlier
     return inputs, labels, mask
 
 

@@ -26,7 +26,7 @@ from hybridrec.io import atomic_path
 
 FORMAT_VERSION = 1
 # fields that do not change the processed data
-NOT_HASHED = ("cache_dir", "use_cache", "max_seq_len")
+NOT_HASHED = ("cache_dir", "use_cache", "max_seq_len", "train_windows", "train_stride")
 
 
 def default_cache_dir() -> Path:
