@@ -11,8 +11,10 @@ class ModelConfig:
     num_layers: int = 2
     num_attention_heads: int = 2
     ffn_hidden_size: int = 256
-    # hidden and attention dropout (0 for layout-equivalence runs)
+    # hidden dropout: embeddings, attention and MLP outputs (0 for layout-equivalence runs)
     dropout: float = 0.1
+    # dropout of the attention probabilities; null = dropout
+    attention_dropout: float | None = None
     # vocab (items + padding) is padded to a multiple of this times tp
     vocab_pad_multiple: int = 128
     # id | text | text+id (item representation; text needs item metadata)

@@ -63,7 +63,7 @@ def transformer_config(cfg: ModelConfig, tp: int, pp: int, vpp: int, device: str
         num_attention_heads=cfg.num_attention_heads,
         ffn_hidden_size=cfg.ffn_hidden_size,
         hidden_dropout=cfg.dropout,
-        attention_dropout=cfg.dropout,
+        attention_dropout=cfg.dropout if cfg.attention_dropout is None else cfg.attention_dropout,
         init_method_std=cfg.init_std,
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,

@@ -1,7 +1,10 @@
 """One training step of the recommender with megatron-core's pipeline schedules.
 
 `Trainer` wraps this rank's model chunks in megatron's DistributedDataParallel, builds megatron's
-optimizer (Adam, optional distributed optimizer, gradient clipping) and runs
+optimizer (Adam with decoupled weight decay, biases and 1-D weights not decayed; optional distributed
+optimizer; gradient clipping) with megatron's OptimizerParamScheduler (linear warmup, then constant /
+linear / cosine / inverse-square-root decay; the learning rate of update t is a pure function of t, so a
+resumed or re-partitioned trainer continues the same schedule), and runs
 `get_forward_backward_func()` (no pipelining, 1F1B, or interleaved 1F1B for vpp > 1) over the
 micro-batches of this rank's share of the global batch.
 
@@ -58,6 +61,7 @@ class StepResult:
     update_successful: bool
     seconds: float
     samples: int  # global batch size
+    lr: float | None = None  # learning rate of this update
 
 
 def micro_batches(batch: Batch, num_microbatches: int) -> list[Batch]:
@@ -82,18 +86,24 @@ class Trainer:
         )
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+        from hybridrec.config.train import validate_train
+
+        validate_train(train_cfg)
         self.layout, self.tconfig, self.mask_padding_keys = layout, tconfig, mask_padding_keys
+        self.label_smoothing = train_cfg.label_smoothing
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=False,
             use_distributed_optimizer=use_distributed_optimizer)
         self.chunks = [DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk,
                                                disable_bucketing=index > 0)
                        for index, chunk in enumerate(chunks)]
-        self.optimizer = get_megatron_optimizer(
-            OptimizerConfig(optimizer="adam", lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
-                            adam_beta1=0.9, adam_beta2=0.98, adam_eps=1e-8, clip_grad=train_cfg.clip_grad,
-                            use_distributed_optimizer=use_distributed_optimizer, params_dtype=torch.float32),
-            self.chunks)
+        opt_config = OptimizerConfig(
+            optimizer="adam", lr=train_cfg.lr, min_lr=train_cfg.min_lr, weight_decay=train_cfg.weight_decay,
+            adam_beta1=0.9, adam_beta2=0.98, adam_eps=1e-8, clip_grad=train_cfg.clip_grad,
+            use_distributed_optimizer=use_distributed_optimizer, params_dtype=torch.float32)
+        # megatron's standard param groups give biases and 1-D weights wd_mult 0; the scheduler applies it
+        self.optimizer = get_megatron_optimizer(opt_config, self.chunks)
+        self.scheduler = _scheduler(self.optimizer, train_cfg)
         tconfig.finalize_model_grads_func = finalize_model_grads_func or finalize_model_grads
         tconfig.grad_scale_func = self.optimizer.scale_loss
         self.timers = timers
@@ -108,14 +118,33 @@ class Trainer:
         self.last_stage_rank = ps.get_pipeline_model_parallel_last_rank()
         self.step = 0
 
+    def _apply_schedule(self, update: int) -> float:
+        """Learning rate and weight decay of update `update` (1-based) into every param group."""
+        self.scheduler.num_steps = update
+        self.scheduler.step(0)
+        return self.current_lr()
+
+    def current_lr(self) -> float:
+        """The learning rate of the default param groups (the value megatron logs)."""
+        from megatron.core.optimizer_param_scheduler import get_canonical_lr_for_logging
+
+        lr = get_canonical_lr_for_logging(self.optimizer.param_groups)
+        return float(lr if lr is not None else self.optimizer.param_groups[0]["lr"])
+
     # -- the step ---------------------------------------------------------------------------------
     def _forward_step(self, scale: float) -> Callable:
         def forward_step(data_iterator: Iterator[Batch], model: torch.nn.Module):
             mb = next(data_iterator)
+            smoothing = self.label_smoothing
+            # with label smoothing the last stage returns logits and the loss is ours; else megatron's CE
             output = model(mb.inputs, position_ids(mb.inputs), attention_mask(mb.inputs, self.mask_padding_keys),
-                           labels=mb.labels)
+                           labels=None if smoothing else mb.labels)
 
             def loss_func(token_loss: torch.Tensor):
+                if smoothing:
+                    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+                    token_loss = vocab_parallel_cross_entropy(token_loss.float(), mb.labels, smoothing)
                 loss_sum = (token_loss.float() * mb.mask).sum()
                 return loss_sum * scale, {"loss_sum": loss_sum.detach().clone()}
 
@@ -138,6 +167,7 @@ class Trainer:
         for chunk in self.chunks:
             chunk.zero_grad_buffer()
         self.optimizer.zero_grad()
+        lr = self._apply_schedule(self.step + 1)
         reported = get_forward_backward_func()(
             forward_step_func=self._forward_step(scale), data_iterator=iterators,
             model=self.chunks if len(self.chunks) > 1 else self.chunks[0],
@@ -149,7 +179,7 @@ class Trainer:
         self.step += 1
         return StepResult(step=self.step, loss=loss, grad_norm=None if grad_norm is None else float(grad_norm),
                           update_successful=bool(update_successful), seconds=time.perf_counter() - start,
-                          samples=batch.inputs.shape[0] * lay.dp)
+                          samples=batch.inputs.shape[0] * lay.dp, lr=lr)
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager:
         """`timers.phase(name)` for telemetry's PhaseTimers; nothing for timers without phases
@@ -240,6 +270,18 @@ class Trainer:
         self.step = int(state["step"])
 
 
+def _scheduler(optimizer: Any, cfg: TrainConfig) -> Any:
+    """megatron's OptimizerParamScheduler for `cfg` (warmup from 0, decay to min_lr at lr_decay_steps)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    decay_steps = max(cfg.lr_decay_steps or cfg.steps, cfg.warmup_steps + 1)
+    return OptimizerParamScheduler(
+        optimizer, init_lr=0.0 if cfg.warmup_steps else cfg.lr, max_lr=cfg.lr, min_lr=cfg.min_lr,
+        lr_warmup_steps=cfg.warmup_steps, lr_decay_steps=decay_steps, lr_decay_style=cfg.lr_decay,
+        start_wd=cfg.weight_decay, end_wd=cfg.weight_decay, wd_incr_steps=1, wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False)
+
+
 def _unshare_adam_steps(parts: list[Any]) -> None:
     """megatron 0.16.1's DistributedOptimizer.load_state_dict (without TE/Apex) hands every parameter the
     same `step` tensor; torch's Adam increments each parameter's step in place, so one shared tensor
@@ -265,5 +307,6 @@ def _mark_unpadded(param_state: dict[Any, Any]) -> dict[Any, Any]:
 def format_progress(result: StepResult, elapsed_s: float, total_samples: int) -> str:
     rate = total_samples / elapsed_s if elapsed_s > 0 else 0.0
     norm = "n/a" if result.grad_norm is None else f"{result.grad_norm:.4f}"
-    return (f"step {result.step:6d}  loss {result.loss:.5f}  grad_norm {norm}  "
+    lr = "" if result.lr is None else f"  lr {result.lr:.2e}"
+    return (f"step {result.step:6d}  loss {result.loss:.5f}  grad_norm {norm}{lr}  "
             f"samples/s {rate:9.1f}  step_s {result.seconds:.3f}")
