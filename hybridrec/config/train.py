@@ -44,6 +44,8 @@ class TrainConfig:
     keep_best: bool = True
     # improvements smaller than this do not reset the patience counter
     min_delta: float = 0.0
+    # validate on a fixed random subset of this many users (0 = all; keeps validation cheap at scale)
+    valid_max_users: int = 0
 
 
 LR_DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
@@ -55,7 +57,7 @@ def validate_train(cfg: TrainConfig) -> None:
 
     if cfg.lr_decay not in LR_DECAY_STYLES:
         raise ConfigError("train.lr_decay", cfg.lr_decay, " | ".join(LR_DECAY_STYLES))
-    for name in ("warmup_steps", "lr_decay_steps", "eval_every", "patience"):
+    for name in ("warmup_steps", "lr_decay_steps", "eval_every", "patience", "valid_max_users"):
         if getattr(cfg, name) < 0:
             raise ConfigError(f"train.{name}", getattr(cfg, name), "an integer >= 0")
     if not 0.0 <= cfg.min_lr <= cfg.lr:
@@ -71,7 +73,8 @@ def validate_train(cfg: TrainConfig) -> None:
     if "/" not in cfg.select_metric:
         raise ConfigError("train.select_metric", cfg.select_metric, "<protocol>/<metric>, e.g. full/NDCG@10")
     protocol = cfg.select_metric.split("/", 1)[0]
-    if protocol not in cfg.valid_protocols:
+    conventions = ("full_incl", "full_excl") if "full" in cfg.valid_protocols else ()
+    if protocol not in cfg.valid_protocols and protocol not in conventions:
         raise ConfigError("train.select_metric", cfg.select_metric,
                           f"a metric of one of train.valid_protocols {list(cfg.valid_protocols)}")
 
@@ -83,7 +86,11 @@ class EvalConfig:
     protocols: list[str] = field(default_factory=lambda: ["full", "uni100", "pop100"])
     split: str = "test"
     batch_size: int = 256
-    # full ranking: drop the user's history items from the candidates (SASRec keeps them)
+    # full ranking: drop the items of the input window (the last data.max_seq_len history items) from the
+    # candidates (SASRec's own evaluation keeps them)
     exclude_history: bool = False
+    # also report the other full-ranking convention as protocol full_excl (or full_incl when
+    # exclude_history is set), in the metrics, the baseline and the validation curve
+    both_conventions: bool = True
     # also evaluate the most-popular baseline with the same protocols (rank 0, numpy)
     baseline: bool = True

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hybridrec.data.processed import ProcessedData
 
 PROTOCOLS = ("full", "uni100", "pop100")
+FULL_VARIANTS = {"full_incl": False, "full_excl": True}  # as hybridrec.eval.ranking.FULL_VARIANTS
 
 
 def popularity_scores(item_counts: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -31,9 +32,13 @@ def popularity_scores(item_counts: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def most_popular_ranks(
-    data: ProcessedData, protocol: str, split: str = "test", exclude_history: bool = False, seed: int = 0
+    data: ProcessedData, protocol: str, split: str = "test", exclude_history: bool = False, seed: int = 0,
+    window: int | None = None,
 ) -> np.ndarray:
-    """Rank (0 = best) of each user's target under the popularity scorer; shape (num_users,)."""
+    """Rank (0 = best) of each user's target under the popularity scorer; shape (num_users,).
+
+    `exclude_history` drops the user's history items from the full ranking: all of them, or with
+    `window` only the last `window` (the model's input window, as `eval.ranking` excludes)."""
     if protocol not in PROTOCOLS:
         raise ConfigError("eval.protocols", protocol, " | ".join(PROTOCOLS))
     scores = popularity_scores(data.item_counts, seed)
@@ -51,7 +56,10 @@ def most_popular_ranks(
     ranks = position[target]
     if exclude_history:
         owner_all = np.repeat(np.arange(data.num_users), np.diff(data.offsets))
-        in_history = np.arange(len(data.items)) < history_ends(data.offsets, split)[owner_all]
+        position_all, ends = np.arange(len(data.items)), history_ends(data.offsets, split)[owner_all]
+        in_history = position_all < ends
+        if window is not None:
+            in_history &= position_all >= ends - window
         owner, hist = owner_all[in_history], data.items[in_history].astype(np.int64)
         # each distinct history item (other than the target) ranked above the target is removed
         pairs = np.unique(owner * (data.num_items + 1) + hist)
@@ -63,10 +71,14 @@ def most_popular_ranks(
 
 def most_popular_metrics(
     data: ProcessedData, protocols: list[str], split: str = "test", ks: list[int] | tuple[int, ...] = (10,),
-    exclude_history: bool = False, seed: int = 0,
+    exclude_history: bool = False, seed: int = 0, window: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{protocol: {"HR@k": .., "NDCG@k": ..}} for the baseline."""
-    return {
-        protocol: metrics_at(most_popular_ranks(data, protocol, split, exclude_history, seed), ks)
-        for protocol in protocols
-    }
+    """{protocol: {"HR@k": .., "NDCG@k": ..}} for the baseline. `full_incl` / `full_excl` are the full
+    ranking with the history (or its last `window` items) kept / excluded, whatever `exclude_history` says."""
+    out = {}
+    for protocol in protocols:
+        base, exclude = protocol, exclude_history
+        if protocol in FULL_VARIANTS:
+            base, exclude = "full", FULL_VARIANTS[protocol]
+        out[protocol] = metrics_at(most_popular_ranks(data, base, split, exclude, seed, window), ks)
+    return out

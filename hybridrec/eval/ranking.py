@@ -7,8 +7,9 @@ the counts are summed over the tp group (the target's score itself is shared by 
 non-zero entry per row). Only the last pipeline stage computes; users are split over dp ranks; the
 final rank table reaches every rank through one all-reduce over the world.
 
-Protocols: `full` (all items 1..num_items; history excluded only if asked) and sampled ones
-(`uni100`, `pop100`: the target against the fixed negatives stored with the data).
+Protocols: `full` (all items 1..num_items; history excluded only if asked), its two fixed conventions
+`full_incl` / `full_excl` (the input window kept / excluded, whatever `exclude_history` says) and sampled
+ones (`uni100`, `pop100`: the target against the fixed negatives stored with the data).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import torch
 import torch.distributed as dist
 
 from hybridrec.model.sasrec import attention_mask, position_ids, unwrap
+
+# full ranking with the input window included / excluded, independent of `exclude_history`
+FULL_VARIANTS = {"full_incl": False, "full_excl": True}
 
 
 @dataclass(frozen=True)
@@ -132,8 +136,8 @@ def ranks(chunks: Sequence[torch.nn.Module], eval_set: EvalSet, protocols: Seque
                 dist.all_reduce(target, group=tp_group)
             counts = []
             for name in protocols:
-                if name == "full":
-                    history = inputs if exclude_history else None
+                if name == "full" or name in FULL_VARIANTS:
+                    history = inputs if FULL_VARIANTS.get(name, exclude_history) else None
                     counts.append(count_above_full(scores, shard, target, num_items, history, targets))
                 else:
                     counts.append(count_above_sampled(scores, shard, target, eval_set.negatives[name][rows].to(device)))
