@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from hybridrec.config import RunConfig
 from hybridrec.io import atomic_write_json
 from hybridrec.train.preemption import Preempted
@@ -40,7 +42,7 @@ def _train_and_evaluate(job: Any, summary: dict[str, Any]) -> None:
     say = _say(job.rank)
     job_mod.build_job(job, say)
     summary["layout"], summary["balance"] = job.layout.to_dict(), job.balance
-    summary["comm"] = job.comm.describe
+    summary["comm"] = {"sync": job.comm.describe, "racks": list(job.comm.rack_map.rack_of_rank)}
     message = job.resume()
     if message:
         say(message)
@@ -51,6 +53,7 @@ def _train_and_evaluate(job: Any, summary: dict[str, Any]) -> None:
         summary["checkpoint"] = str(job.save())
     summary["data"] = {"num_users": job.data.num_users, "num_items": job.data.num_items,
                        "vocab_size": job.shape.vocab_size}
+    summary["threads_per_rank"] = torch.get_num_threads()
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
