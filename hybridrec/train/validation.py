@@ -13,7 +13,8 @@
   `record()` is what summary.json stores under "validation"; `state_dict()` / `load_state_dict()` carry
   curve, stopping state and best weights through a checkpoint's per-rank extra state.
 
-The loop calls, per step: `reason = hook.after_step(step, trainer)`; `if reason: break`.
+The loop calls, per step: `reason = hook.after_step(step, trainer)`; `if reason: break` (in the job:
+`hook.step_hook(say)` in `hybridrec.train.hooks.default_hooks`, built by `ValidationHook.for_run`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,18 @@ class ValidationHook:
             self.stopped, self.stopped_step = reason, step
         return reason
 
+    def step_hook(self, say: Callable[[str], None] = print) -> _JobStepHook:
+        """This hook in the job loop's protocol (`hybridrec.train.hooks.StepHook`), logging each
+        validation through `say` (rank 0's printer)."""
+        return _JobStepHook(self, say)
+
+    def describe_last(self) -> str:
+        point = self.curve[-1]
+        cells = "  ".join(f"{protocol} {name} {value:.4f}" for protocol, row in point["metrics"].items()
+                          for name, value in row.items())
+        best = f"best {self.stopping.best_value:.4f} at step {self.stopping.best_step}"
+        return f"valid  step {point['step']:6d}  {cells}  ({best}; {point['seconds']:.2f}s)"
+
     # -- best weights -------------------------------------------------------------------------------
     @staticmethod
     def _params(trainer: Any) -> list[dict[str, torch.Tensor]]:
@@ -235,3 +248,21 @@ class ValidationHook:
         self.seconds, self.stopped, self.stopped_step = state["seconds"], state["stopped"], state["stopped_step"]
         best = state.get("best")
         self._best = None if best is None else [{k: v.to(device or v.device) for k, v in c.items()} for c in best]
+
+
+class _JobStepHook:
+    """`ValidationHook` as a job loop hook: `after_step(job, result, metrics)`; adds the selection
+    metric to the step's metrics row when it validated."""
+
+    def __init__(self, hook: ValidationHook, say: Callable[[str], None]):
+        self.hook, self.say = hook, say
+
+    def after_step(self, job: Any, result: Any, metrics: dict[str, Any]) -> str | None:
+        validated = len(self.hook.curve)
+        reason = self.hook.after_step(result.step, job.trainer)
+        if len(self.hook.curve) > validated:
+            metrics[f"valid/{self.hook.select_metric}"] = self.hook.curve[-1]["value"]
+            self.say(self.hook.describe_last())
+        if reason:
+            self.say(f"step {result.step}: {reason}")
+        return reason
