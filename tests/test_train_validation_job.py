@@ -1,0 +1,39 @@
+"""The job with validation (issue 17): on a tiny run the test metrics in summary.json come from the
+best-validation step. Run A validates every 5 steps and stops early; run B trains exactly to A's best
+step without validation: B's test metrics equal A's (and A's last weights give other numbers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ARGS = ["model=sasrec_tiny", "train=quick", "train.lr=0.01", "telemetry=off", "train.save_final=false",
+        "eval.batch_size=512"]
+
+
+def run_job(out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "jobs.train_job", *ARGS, *extra, f"hydra.run.dir={out}",
+           f"data.cache_dir={out.parent / 'cache'}"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_test_metrics_come_from_the_best_validation_step(tmp_path: Path) -> None:
+    a = run_job(tmp_path / "a", ["train.steps=60", "train.eval_every=5", "train.patience=2"])
+    val = a["validation"]
+    best, stopped = val["best_step"], val["stopped_step"]
+    assert val["early_stopped"] and a["steps"] == stopped < 60 and a["stopped"].startswith("early stopping")
+    assert best == stopped - 10  # two validations without improvement
+    assert [p["step"] for p in val["curve"]] == list(range(5, stopped + 1, 5))
+    assert val["best_value"] == max(p["value"] for p in val["curve"])
+    assert val["best_metrics"]["full"]["NDCG@10"] == val["best_value"]
+    assert set(val["curve"][0]["metrics"]) == {"full", "full_excl"}  # both conventions
+    assert val["test_weights"] == "best"
+    b = run_job(tmp_path / "b", [f"train.steps={best}"])
+    assert "validation" not in b and b["steps"] == best
+    assert a["metrics"] == b["metrics"]  # the same weights: identical ranks
+    assert a["metrics_last_step"] != a["metrics"]
+    assert set(a["metrics"]) == {"full", "full_excl", "uni100", "pop100"}
