@@ -9,13 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ARGS = ["model=sasrec_tiny", "train=quick", "train.lr=0.01", "telemetry=off", "train.save_final=false",
         "eval.batch_size=512"]
 
 
-def run_job(out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "jobs.train_job", *ARGS, *extra, f"hydra.run.dir={out}",
-           f"data.cache_dir={out.parent / 'cache'}"]
+def run_job(out: Path, extra: list[str], nproc: int = 1) -> dict:
+    job = ["jobs.train_job", *ARGS, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out.parent / 'cache'}"]
+    launch = ["-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "500"]
+    cmd = [sys.executable, *(launch if nproc > 1 else []), "-m" if nproc == 1 else "", *job]
+    cmd = [part for part in cmd if part]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
@@ -37,3 +41,18 @@ def test_test_metrics_come_from_the_best_validation_step(tmp_path: Path) -> None
     assert a["metrics"] == b["metrics"]  # the same weights: identical ranks
     assert a["metrics_last_step"] != a["metrics"]
     assert set(a["metrics"]) == {"full", "full_excl", "uni100", "pop100"}
+
+
+@pytest.mark.slow
+def test_pipeline_parallel_validation_and_best_weights_match_one_process(tmp_path: Path) -> None:
+    """pp=2: every rank keeps its own stage's best weights; the curve and the best-weights test metrics
+    equal the one-process run's (the same global batches, weights and counts)."""
+    extra = ["train.steps=20", "train.eval_every=5", "train.patience=2"]
+    one = run_job(tmp_path / "one", extra)
+    pp2 = run_job(tmp_path / "pp2", [*extra, "parallel=pp2"], nproc=2)
+    assert pp2["layout"]["pp"] == 2
+    for a, b in zip(one["validation"]["curve"], pp2["validation"]["curve"], strict=True):
+        assert a["step"] == b["step"] and a["value"] == pytest.approx(b["value"], rel=1e-6)
+    assert one["validation"]["best_step"] == pp2["validation"]["best_step"] < 20
+    for protocol, row in one["metrics"].items():
+        assert row == pytest.approx(pp2["metrics"][protocol], rel=1e-6)
