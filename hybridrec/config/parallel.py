@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# allowed values of `parallel.backend` (the default process group's backend)
+BACKENDS = ("auto", "gloo", "nccl")
+
 
 @dataclass
 class ParallelConfig:

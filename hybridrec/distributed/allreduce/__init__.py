@@ -9,7 +9,12 @@ import torch
 
 from hybridrec.distributed.allreduce.common import ReduceContext
 from hybridrec.distributed.allreduce.flat import flat_sum_
-from hybridrec.distributed.allreduce.groups import CommGroups, build_comm_groups, discover_rack_map, plan_groups
+from hybridrec.distributed.allreduce.groups import (
+    CommGroups,
+    build_comm_groups,
+    discover_rack_map,
+    plan_groups,
+)
 from hybridrec.distributed.allreduce.hierarchical import leader_sum_, reduce_scatter_sum_
 from hybridrec.errors import ConfigError
 
