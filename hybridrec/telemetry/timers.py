@@ -71,11 +71,20 @@ def phase_of(name: str) -> str:
     return "other"
 
 
+def _device() -> Any:
+    """The process's `backend.Device` when torch is loaded (this module never imports torch itself)."""
+    if "torch" not in sys.modules:
+        return None
+    from hybridrec.distributed import backend
+
+    return backend.current()
+
+
 def peak_memory_bytes() -> tuple[int, str]:
-    """(peak bytes, source): CUDA max_memory_allocated when CUDA is in use, else the process's max RSS."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
+    """(peak bytes, source), asked of the device: the GPU allocator's peak on GPU, else the process's max RSS."""
+    device = _device()
+    if device is not None:
+        return device.peak_memory_bytes()
     # Linux reports ru_maxrss in KiB
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "ru_maxrss"
 
@@ -128,8 +137,9 @@ class _Timer:
 class PhaseTimers:
     """Exclusive per-phase step timing; see the module docstring.
 
-    clock: seconds, monotonic (injectable for tests). cuda_sync: synchronize CUDA at every start/stop
-    (like megatron's Timer) so host time matches device work; None = when CUDA is initialised.
+    clock: seconds, monotonic (injectable for tests). cuda_sync: synchronize the device at every
+    start/stop (like megatron's Timer) so host time matches device work; None = when the current
+    device is a GPU (the device's `synchronize()`; a no-op on CPU).
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, cuda_sync: bool | None = None,
@@ -228,11 +238,11 @@ class PhaseTimers:
         if barrier and torch is not None and torch.distributed.is_available() \
                 and torch.distributed.is_initialized():
             torch.distributed.barrier(group=self._barrier_group)
-        sync = self._cuda_sync
-        if sync is None:
-            sync = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
-        if sync:
-            torch.cuda.synchronize()
+        if self._cuda_sync is False:
+            return
+        device = _device()
+        if device is not None and (self._cuda_sync or not device.is_cpu):
+            device.synchronize()
 
     def _account(self, now: float) -> None:
         """Give the time since the last event to the innermost running timer (or 'other')."""

@@ -157,11 +157,23 @@ def watch_timers(telemetry_timers: Any) -> tuple[Any, Any]:
     return step_timers, step_timers if telemetry_timers is None else TeeTimers(telemetry_timers, step_timers)
 
 
-def stage_compute_seconds(step_timers: Any, device_name: str) -> float:
+def stage_compute_seconds(step_timers: Any, device_name: str | None = None) -> float:
     """This step's forward + backward compute of this stage (and reset): process CPU time on CPU (a
-    shared machine's waits for a core do not count), wall time on GPU."""
+    shared machine's waits for a core do not count), wall time on GPU. `device_name` (optional, for
+    older callers): 'cpu' or not; default: ask `backend.current()`."""
+    from hybridrec.distributed import backend
+
     snap = step_timers.snapshot()
-    return snap["compute_cpu_s"] if device_name == "cpu" else snap["compute_s"]
+    on_cpu = backend.current().is_cpu if device_name is None else device_name == backend.HOST.type
+    return snap["compute_cpu_s"] if on_cpu else snap["compute_s"]
+
+
+def watch_clock_name(device_name: str | None = None) -> str:
+    """The DriftWatch's clock, as `stage_compute_seconds` reads it (the `balance.watch_clock` record)."""
+    from hybridrec.distributed import backend
+
+    on_cpu = backend.current().is_cpu if device_name is None else device_name == backend.HOST.type
+    return "process CPU time" if on_cpu else "wall time"
 
 
 class DriftWatch:

@@ -5,9 +5,9 @@ Pieces of the recommender (a megatron-core GPTModel, local spec): the item + pos
 stage), each transformer layer, and the final norm + tied output layer + vocab-parallel cross entropy
 (last stage). With a large item vocabulary the first and last pieces are heavy. Times are the minimum of
 `repeats` runs after a warm-up (interference only adds time, so the minimum is the steadiest estimate
-of a piece's own cost). On a CPU run with one torch thread the clock is the process CPU time
-(`time.process_time`), which does not count time the process waits for a core on a shared machine;
-otherwise wall time (after a CUDA synchronize on GPU); memory is parameter bytes and the bytes autograd saves for backward
+of a piece's own cost). The clock is the device's step clock (`backend.current().step_clock()`): on a
+CPU run with one torch thread the process CPU time, which does not count time the process waits for a
+core on a shared machine, CUDA events on GPU, else wall time; memory is parameter bytes and the bytes autograd saves for backward
 (counted with `torch.autograd.graph.saved_tensors_hooks`, parameters excluded).
 """
 
@@ -59,7 +59,8 @@ def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = T
 @contextlib.contextmanager
 def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[None]:
     """megatron's parallel state at tp = pp = 1, torn down afterwards. Without a process group a world
-    of one (gloo) is created; inside a job every rank must enter (creating the groups is collective)."""
+    of one (the device's backend) is created; inside a job every rank must enter (creating the groups
+    is collective)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -70,7 +71,8 @@ def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[N
     backend.setup(device)
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend.current().collective_backend, init_method=f"tcp://127.0.0.1:{free_port()}",
+                                rank=0, world_size=1)
     try:
         ps.initialize_model_parallel(1, 1)
         torch.manual_seed(seed)
@@ -146,9 +148,12 @@ def _run_fwd_bwd(fns: list[Callable], x0: torch.Tensor | None, count_saved: bool
             saved[key] = t.untyped_storage().nbytes()
         return t
 
-    clock = _clock()
-    _sync()
-    start = clock()
+    from hybridrec.distributed import backend
+
+    device = backend.current()
+    clock = device.step_clock()
+    device.synchronize()
+    clock.start()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         x = None if x0 is None else x0.detach().requires_grad_(True)
         for fn in fns:
@@ -158,24 +163,14 @@ def _run_fwd_bwd(fns: list[Callable], x0: torch.Tensor | None, count_saved: bool
         x.backward()
     else:
         x.backward(torch.ones_like(x) * 1e-3)
-    _sync()
-    return clock() - start, sum(saved.values())
-
-
-def _clock() -> Callable[[], float]:
-    """Process CPU time for single-threaded CPU runs (robust to a loaded machine), else wall time."""
-    if not torch.cuda.is_available() and torch.get_num_threads() == 1:
-        return time.process_time
-    return time.perf_counter
+    return clock.stop(), sum(saved.values())
 
 
 def clock_name() -> str:
-    return "process CPU time" if _clock() is time.process_time else "wall time"
+    """What the profile's times are: the device's step clock ("process CPU time", "CUDA events", ...)."""
+    from hybridrec.distributed import backend
 
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    return backend.current().step_clock().name
 
 
 def _best_time(fns: list[Callable], x0: torch.Tensor | None, repeats: int, warmup: int,
