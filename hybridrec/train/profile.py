@@ -258,58 +258,6 @@ def describe(costs: ModelCosts) -> str:
 
 
 # ---------------------------------------------------------------------------- timing a training step
-class _NamedTimer:
-    def __init__(self, owner: StepTimers, name: str):
-        self.owner, self.name = owner, name
-
-    def start(self, barrier: bool = False) -> None:
-        self.owner._started[self.name] = (time.perf_counter(), time.process_time())
-
-    def stop(self, barrier: bool = False) -> None:
-        began = self.owner._started.pop(self.name, None)
-        if began is not None:
-            totals, cpu = self.owner.totals, self.owner.cpu_totals
-            totals[self.name] = totals.get(self.name, 0.0) + time.perf_counter() - began[0]
-            cpu[self.name] = cpu.get(self.name, 0.0) + time.process_time() - began[1]
-
-
-class StepTimers:
-    """Wall-time accumulators callable like megatron's Timers (assign to `TransformerConfig.timers`).
-
-    The schedules report `forward-compute`, `backward-compute` and the p2p waits (`forward-recv`,
-    `backward-send-forward-recv`, ...); `compute_s()` is this stage's own work per step, `p2p_s()`
-    the time spent in pipeline sends/receives (bubble waits included). `cpu_totals` holds the
-    process CPU time of the same intervals (the work itself, without waiting for a core).
-    """
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.cpu_totals: dict[str, float] = {}
-        self._started: dict[str, tuple[float, float]] = {}
-
-    def __call__(self, name: str, log_level: int | None = None) -> _NamedTimer:
-        return _NamedTimer(self, name)
-
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        """megatron calls this to print; the numbers are read with `snapshot` instead."""
-
-    def compute_s(self) -> float:
-        return self.totals.get("forward-compute", 0.0) + self.totals.get("backward-compute", 0.0)
-
-    def p2p_s(self) -> float:
-        return sum(v for k, v in self.totals.items() if "send" in k or "recv" in k)
-
-    def compute_cpu_s(self) -> float:
-        return self.cpu_totals.get("forward-compute", 0.0) + self.cpu_totals.get("backward-compute", 0.0)
-
-    def snapshot(self, reset: bool = True) -> dict[str, float]:
-        out = {**self.totals, "compute_s": self.compute_s(), "p2p_s": self.p2p_s(),
-               "compute_cpu_s": self.compute_cpu_s()}
-        if reset:
-            self.totals, self.cpu_totals = {}, {}
-        return out
-
-
 @contextlib.contextmanager
 def timed_collectives(totals: dict[str, float]) -> Iterator[None]:
     """Add the wall time of synchronous torch.distributed collectives (as megatron calls them: tp
@@ -408,7 +356,7 @@ def plan_adaptive(model_cfg: Any, parallel_cfg: Any, layout: Any, vocab_size: in
 
 
 def stage_times_across_pipeline(local_seconds: float) -> list[float]:
-    """Every pipeline stage's measured seconds (e.g. `StepTimers.compute_s()`), in stage order,
+    """Every pipeline stage's measured seconds (e.g. `PhaseTimers.snapshot()['compute_s']`), in stage order,
     for `RebalanceMonitor.observe` (collective over megatron's pipeline group)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
