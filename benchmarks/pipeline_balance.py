@@ -53,8 +53,9 @@ def worker(spec_path: str) -> None:
     from hybridrec.distributed.env import DistEnv, init_process_group
     from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import parallel, sasrec
+    from hybridrec.telemetry.timers import PhaseTimers
     from hybridrec.train.loop import Batch, Trainer
-    from hybridrec.train.profile import StepTimers, timed_collectives
+    from hybridrec.train.profile import timed_collectives
 
     spec = json.loads(Path(spec_path).read_text())
     args = argparse.Namespace(**spec["args"])
@@ -74,7 +75,7 @@ def worker(spec_path: str) -> None:
                        num_layers_in_last_pipeline_stage=last)
         tconfig = sasrec.transformer_config(mcfg, layout.tp, layout.pp, 1, device)
         chunks = sasrec.build_chunks(mcfg, shape, tconfig, backend.device())
-        timers = StepTimers()
+        timers = PhaseTimers(cuda_sync=False)
         trainers[name] = (Trainer(chunks, tconfig, layout, TrainConfig(lr=1e-3), timers=timers), timers,
                           len(chunks[0].decoder.layers))
     gen = torch.Generator().manual_seed(0)

@@ -104,7 +104,7 @@ def compose_point(config_dir: Path, config_name: str, fixed: list[str], point: l
             pass
         cfg = compose(config_name=config_name, overrides=[*searchpath, *fixed, *point], return_hydra_config=True)
         launcher = OmegaConf.to_container(cfg.hydra[node], resolve=False)
-        with_hydra = OmegaConf.to_container(cfg, resolve=False)
+        with_hydra = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     with_hydra.pop("hydra", None)  # type: ignore[union-attr]
     job = OmegaConf.to_container(OmegaConf.create(with_hydra), resolve=True)
     return job, launcher  # type: ignore[return-value]

@@ -167,7 +167,7 @@ def rerun(sweep_dir: Path, env: Mapping[str, str] | None = None, overrides: list
         for item in overrides or []:
             key, _, value = item.partition("=")
             OmegaConf.update(cfg, key, yaml.safe_load(value), force_add=True)
-        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         atomic_write_bytes(Path(point["dir"]) / "config.yaml", yaml.safe_dump(plain, sort_keys=False).encode())
         summary = Path(point["dir"]) / "summary.json"
         if summary.exists():

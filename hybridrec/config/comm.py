@@ -72,6 +72,9 @@ class AllreduceConfig:
     # used when topology=config: rack name -> list of hostnames
     racks: dict[str, list[str]] = field(default_factory=dict)
     bucket_mb: float = 25.0
+    # GPU runs: false = gradient groups use the tensors' backend (NCCL) and buckets stay on the GPU;
+    # true = stage every bucket through host memory and gloo groups (e.g. no NCCL between nodes)
+    cpu_staging: bool = False
     mode: Mode = Mode.sync  # type: ignore[valid-type]
     staleness: int = 0
     local_sgd_period: int = 8

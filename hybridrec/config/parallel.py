@@ -17,6 +17,9 @@ class Balance(StrEnum):
     uniform = "uniform"  # megatron's even split of layers over stages
     adaptive = "adaptive"  # profile layers, choose per-stage counts, re-balance on measured drift
 
+# allowed values of `parallel.backend` (the default process group's backend)
+BACKENDS = ("auto", "gloo", "nccl")
+
 
 @dataclass
 class ParallelConfig:

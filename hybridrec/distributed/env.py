@@ -2,7 +2,8 @@
 
 Owns `DistEnv` (read once from the environment), the Slurm node-list parser (`expand_nodelist`, the
 pure equivalent of `scontrol show hostnames`), the per-job master port (derived from SLURM_JOB_ID,
-never a fixed port: see NOTES section 2), the gloo/nccl choice and `init_process_group` with a timeout.
+never a fixed port: see NOTES section 2), the default group's backend (asked of `backend`, the one module that names devices) and
+`init_process_group` with a timeout.
 
 Precedence: torchrun variables (RANK + WORLD_SIZE) > Slurm variables (SLURM_PROCID + SLURM_NTASKS)
 > a single process. `HYBRIDREC_MASTER_ADDR` / `HYBRIDREC_MASTER_PORT` override the derived master.
@@ -17,10 +18,10 @@ import socket
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+from hybridrec.config.parallel import BACKENDS  # noqa: F401  (re-exported for preflight)
 from hybridrec.errors import ConfigError
 from hybridrec.hostlist import expand_hostlist
 
-BACKENDS = ("auto", "gloo", "nccl")
 # ports derived from job ids live below the Linux ephemeral range (32768-60999)
 PORT_BASE, PORT_SPAN = 12000, 20000
 
@@ -173,28 +174,23 @@ def expand_tasks_per_node(value: str) -> list[int]:
 
 # ---------------------------------------------------------------------------- process group
 def choose_backend(requested: str = "auto", cuda_available: bool | None = None) -> str:
-    """gloo on CPU, nccl when CUDA is there; an explicit gloo/nccl wins."""
-    if requested not in BACKENDS:
-        raise ConfigError("parallel.backend", requested, f"one of {', '.join(BACKENDS)}")
-    if requested != "auto":
-        return requested
-    if cuda_available is None:
-        import torch
+    """The default group's backend for this process's device (`backend.choose_backend`); an explicit
+    choice wins."""
+    from hybridrec.distributed import backend as device_backend
 
-        cuda_available = torch.cuda.is_available()
-    return "nccl" if cuda_available else "gloo"
+    return device_backend.choose_backend(requested, cuda_available)
 
 
 def init_process_group(env: DistEnv, backend: str = "auto", timeout_s: float = 300.0) -> str:
     """Create the default process group for `env`; returns the backend used. Idempotent."""
-    import torch
     import torch.distributed as dist
+
+    from hybridrec.distributed import backend as device_backend
 
     chosen = choose_backend(backend)
     if dist.is_initialized():
         return str(dist.get_backend())
-    if chosen == "nccl":
-        torch.cuda.set_device(env.local_rank)
+    device_backend.bind(chosen, env.local_rank)  # a GPU backend needs this rank's GPU first
     dist.init_process_group(
         backend=chosen, init_method=env.init_method, rank=env.rank, world_size=env.world_size,
         timeout=datetime.timedelta(seconds=timeout_s),

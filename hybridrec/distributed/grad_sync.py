@@ -13,6 +13,11 @@ algorithm (flat / hierarchical), a codec with error feedback, and a mode:
 Buckets: the tensors are viewed as one stream of elements cut into buckets of `bucket_bytes`
 (a bucket inside one contiguous tensor is reduced in place; one spanning tensors goes through a
 staging copy). A straggler knob sleeps on one rank before its communication, for experiments.
+
+Device: buckets, snapshots, codec payloads and error-feedback residuals live on the gradients'
+device, and the groups carry that device's backend (NCCL on GPU). Only when the groups were built
+with `cpu_staging` (config `allreduce.cpu_staging`) each bucket is copied to host memory for the
+collectives (gloo) and copied back; residuals then live on the host.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class GradSync:
             compress_all_hops=compress_hops == "all",
         )
         self._dense_ctx = ReduceContext(groups=groups, counter=self.counter)
+        self.cpu_staging = groups.cpu_staging
         self.bucket_elems = bucket_bytes // 4
         self.local_sgd_period, self.straggler = local_sgd_period, straggler
         self.calls = 0
@@ -103,6 +109,10 @@ class GradSync:
         counter: ByteCounter | None = None,
     ) -> GradSync:
         validate_comm(allreduce, compression, groups.rack_map.world_size)
+        if allreduce.cpu_staging != groups.cpu_staging:
+            raise ConfigError("allreduce.cpu_staging", allreduce.cpu_staging,
+                              f"{groups.cpu_staging}, as the groups were built "
+                              "(pass cpu_staging=cfg.allreduce.cpu_staging to build_comm_groups)")
         if allreduce.algorithm == "megatron":
             raise ConfigError("allreduce.algorithm", "megatron", "flat or hierarchical to build a GradSync")
         return cls(
@@ -134,7 +144,7 @@ class GradSync:
             for index, segments in enumerate(plan):
                 self._reduce_bucket(tensors, segments, average, f"{name}b{index}", self.ctx)
             return
-        snapshot = [_gather(tensors, segments).clone() for segments in plan]
+        snapshot = [self._stage(_gather(tensors, segments)) for segments in plan]
         assert self._worker is not None
         queue = self._pending[name]
         queue.append(self._worker.submit(self._reduce_snapshot, snapshot, average, name))
@@ -156,12 +166,21 @@ class GradSync:
     def _reduce_bucket(self, tensors: list[torch.Tensor], segments: list[Segment], average: bool, key: str,
                        ctx: ReduceContext) -> None:
         flat = _gather(tensors, segments)
-        staged = flat.data_ptr() != _view(tensors, segments[0]).data_ptr() or len(segments) > 1
-        self._sum(flat, ctx, key)
+        work = self._stage(flat) if self.cpu_staging else flat
+        self._sum(work, ctx, key)
         if average:
-            flat.div_(self.size)
-        if staged:
+            work.div_(self.size)
+        if work is not flat:
+            flat.copy_(work)
+        if not _is_view(tensors, segments):
             _scatter(tensors, segments, flat)
+
+    def _stage(self, flat: torch.Tensor) -> torch.Tensor:
+        """A private copy of a bucket for the collectives: host memory under cpu_staging, else on its
+        device. (Only here does a bucket leave its device, and only when asked.)"""
+        from hybridrec.distributed.backend import HOST
+
+        return flat.to(HOST, copy=True) if self.cpu_staging else flat.clone()
 
     def _plan(self, tensors: list[torch.Tensor], name: str) -> list[list[Segment]]:
         signature = (name, tuple(t.numel() for t in tensors))
@@ -220,6 +239,11 @@ class GradSync:
 def _view(tensors: list[torch.Tensor], segment: Segment) -> torch.Tensor:
     index, start, end = segment
     return tensors[index].view(-1)[start:end]
+
+
+def _is_view(tensors: list[torch.Tensor], segments: list[Segment]) -> bool:
+    """Whether `_gather` returns a view of the tensors (one fp32 segment) rather than a copy."""
+    return len(segments) == 1 and tensors[segments[0][0]].dtype == torch.float32
 
 
 def _gather(tensors: list[torch.Tensor], segments: list[Segment]) -> torch.Tensor:

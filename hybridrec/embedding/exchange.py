@@ -39,7 +39,7 @@ def plan_exchange(ids: torch.Tensor, sharding: RowSharding, dedup: bool = True) 
     if dedup:
         unique, inverse = torch.unique(flat, sorted=True, return_inverse=True)
     else:
-        unique, inverse = flat, torch.arange(flat.numel(), dtype=torch.int64)
+        unique, inverse = flat, torch.arange(flat.numel(), dtype=torch.int64, device=flat.device)
     owner = sharding.owner(unique)
     order = torch.argsort(owner, stable=True)
     counts = torch.bincount(owner, minlength=sharding.num_shards).to(torch.int64)

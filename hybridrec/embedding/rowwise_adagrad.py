@@ -55,7 +55,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.dim() != 2:
                     raise ConfigError("RowWiseAdagrad.params", tuple(p.shape), "2-D tensors (rows x dim)")
-                self.state[p]["sum"] = torch.full((p.shape[0],), float(initial_accumulator_value),
+                self.state[p]["sum"] = p.new_full((p.shape[0],), float(initial_accumulator_value),
                                                   dtype=torch.float32)
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     grad = p.grad.coalesce()
                     rows, values = grad.indices()[0], grad.values()
                 else:
-                    rows = torch.arange(p.shape[0])
+                    rows = torch.arange(p.shape[0], device=p.device)
                     values = p.grad
                 self.step_rows(p, rows, values, group)
         return loss

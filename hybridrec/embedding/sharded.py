@@ -135,7 +135,7 @@ class _ShardedLookup(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         table, plan = ctx.table, ctx.plan
         grad_out = grad_out.reshape(ctx.num_ids, table.dim).contiguous()
-        grad_unique = torch.zeros(plan.order.numel(), table.dim, dtype=grad_out.dtype)
+        grad_unique = grad_out.new_zeros(plan.order.numel(), table.dim)
         grad_unique.index_add_(0, plan.inverse, grad_out)
         grad_served = table._all_to_all(grad_unique[plan.order], ctx.recv_counts, plan.send_counts)
         if table.sharding.num_shards > 1:
@@ -206,7 +206,7 @@ class ShardedEmbedding(torch.nn.Module):
         """(unique local rows, their gradient rows) from the accumulated sparse gradient."""
         grad = self.weight.grad
         if grad is None:
-            return torch.empty(0, dtype=torch.int64), torch.empty(0, self.dim)
+            return self.weight.new_empty(0, dtype=torch.int64), self.weight.new_empty(0, self.dim)
         if not grad.is_sparse:
             raise RuntimeError("ShardedEmbedding expects a sparse gradient on its weight")
         grad = grad.coalesce()
@@ -215,11 +215,11 @@ class ShardedEmbedding(torch.nn.Module):
     def _union_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Sorted union of the local rows touched on any replica (all-gather of padded ids)."""
         m = self.groups.num_replicas
-        count = torch.tensor([rows.numel()], dtype=torch.int64)
+        count = rows.new_tensor([rows.numel()], dtype=torch.int64)
         counts = [torch.empty_like(count) for _ in range(m)]
         dist.all_gather(counts, count, group=self.pgs.replica)
         longest = max(int(c) for c in counts)
-        padded = torch.full((longest,), -1, dtype=torch.int64)
+        padded = rows.new_full((longest,), -1, dtype=torch.int64)
         padded[: rows.numel()] = rows
         gathered = [torch.empty_like(padded) for _ in range(m)]
         dist.all_gather(gathered, padded, group=self.pgs.replica)
@@ -233,7 +233,7 @@ class ShardedEmbedding(torch.nn.Module):
             return
         rows, values = self.local_grad_rows()
         union = self._union_rows(rows)
-        buffer = torch.zeros(union.numel(), self.dim, dtype=self.weight.dtype)
+        buffer = self.weight.new_zeros(union.numel(), self.dim)
         buffer[torch.searchsorted(union, rows)] = values
         self.counter.replica_values += buffer.numel() * buffer.element_size()
         self.replica_sync.sync_([buffer])

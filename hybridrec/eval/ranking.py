@@ -7,6 +7,9 @@ the counts are summed over the tp group (the target's score itself is shared by 
 non-zero entry per row). Only the last pipeline stage computes; users are split over dp ranks; the
 final rank table reaches every rank through one all-reduce over the world.
 
+Device-agnostic: scores, counts and the rank table stay on the model's device (`device`, default
+`backend.current()`); only the finished table is copied to the host for numpy.
+
 Protocols: `full` (all items 1..num_items; history excluded only if asked), its two fixed conventions
 `full_incl` / `full_excl` (the input window kept / excluded, whatever `exclude_history` says) and sampled
 ones (`uni100`, `pop100`: the target against the fixed negatives stored with the data).
@@ -108,7 +111,9 @@ def ranks(chunks: Sequence[torch.nn.Module], eval_set: EvalSet, protocols: Seque
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    device = device or torch.device("cpu")
+    from hybridrec.distributed import backend
+
+    device = device or backend.current().torch_device
     tp_group, tp_size = ps.get_tensor_model_parallel_group(), ps.get_tensor_model_parallel_world_size()
     dp_size, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     pp_size = ps.get_pipeline_model_parallel_world_size()
@@ -163,7 +168,7 @@ def ranks(chunks: Sequence[torch.nn.Module], eval_set: EvalSet, protocols: Seque
                          seq_length=eval_set.inputs.shape[1], micro_batch_size=batch_size, forward_only=True)
                 if writes:
                     for item in out:
-                        table[item["rows"]] = item["counts"]
+                        table[item["rows"].to(device)] = item["counts"]
     finally:
         for chunk, mode in zip(chunks, was_training, strict=True):
             chunk.train(mode)

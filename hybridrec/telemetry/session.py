@@ -15,9 +15,9 @@ from typing import Any
 
 @dataclasses.dataclass
 class Telemetry:
-    timers: Any = None  # telemetry.timers.PhaseTimers (None: telemetry off)
-    step_timers: Any = None  # profile.StepTimers for the balance watch (None: no watch)
-    trainer_timers: Any = None  # what megatron gets as `config.timers` (both of the above, teed)
+    timers: Any = None  # telemetry.timers.PhaseTimers for the step rows (None: telemetry off)
+    trainer_timers: Any = None  # what megatron reports into (`config.timers`): the same PhaseTimers, or
+    # with telemetry off but the balance watch on, PhaseTimers the watch alone reads
     recorder: Any = None  # telemetry.recorder.RunRecorder
     undo_tp: Callable[[], None] | None = None
 
@@ -71,18 +71,17 @@ class Telemetry:
 
 
 def build_telemetry(job: Any, watch: bool) -> Telemetry:
-    """Timers for this job (`watch`: the adaptive balance needs megatron's compute timers too)."""
-    from hybridrec.train import adaptive
+    """Timers for this job (`watch`: the adaptive balance needs megatron's compute timers even with
+    telemetry off)."""
+    from hybridrec.telemetry import timers as timers_mod
 
     tel = job.cfg.telemetry
     out = Telemetry()
     if tel.enabled:
-        from hybridrec.telemetry import timers as timers_mod
-
-        out.timers = timers_mod.PhaseTimers(cuda_sync=tel.cuda_sync if job.device.type != "cpu" else False)
+        out.timers = timers_mod.PhaseTimers(cuda_sync=tel.cuda_sync)  # device sync on GPU only
         timers_mod.install(out.timers)  # GradSync's phase("dp_comm_intra"/"dp_comm_cross")
         out.undo_tp = timers_mod.instrument_tensor_parallel(out.timers) if tel.tp_timing else None
     out.trainer_timers = out.timers
-    if watch:
-        out.step_timers, out.trainer_timers = adaptive.watch_timers(out.timers)
+    if watch and out.trainer_timers is None:
+        out.trainer_timers = timers_mod.PhaseTimers(cuda_sync=False)
     return out

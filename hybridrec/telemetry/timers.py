@@ -71,11 +71,20 @@ def phase_of(name: str) -> str:
     return "other"
 
 
+def _device() -> Any:
+    """The process's `backend.Device` when torch is loaded (this module never imports torch itself)."""
+    if "torch" not in sys.modules:
+        return None
+    from hybridrec.distributed import backend
+
+    return backend.current()
+
+
 def peak_memory_bytes() -> tuple[int, str]:
-    """(peak bytes, source): CUDA max_memory_allocated when CUDA is in use, else the process's max RSS."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        return int(torch.cuda.max_memory_allocated()), "torch.cuda.max_memory_allocated"
+    """(peak bytes, source), asked of the device: the GPU allocator's peak on GPU, else the process's max RSS."""
+    device = _device()
+    if device is not None:
+        return device.peak_memory_bytes()
     # Linux reports ru_maxrss in KiB
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024, "ru_maxrss"
 
@@ -89,12 +98,15 @@ class _Timer:
         self._elapsed = 0.0
         self._active = 0.0
         self._t0 = 0.0
+        self._cpu0 = 0.0
+        self.cpu_elapsed = 0.0  # process CPU seconds inside this timer since the last snapshot
 
     def start(self, barrier: bool = False) -> None:
         if self._started:
             raise RuntimeError(f"timer '{self.name}' has already been started")
         self._owner._sync(barrier)
         self._t0 = self._owner._push(self)
+        self._cpu0 = self._owner._cpu_clock()
         self._started = True
 
     def stop(self, barrier: bool = False) -> None:
@@ -104,6 +116,7 @@ class _Timer:
         now = self._owner._pop(self)
         self._elapsed += now - self._t0
         self._active += now - self._t0
+        self.cpu_elapsed += self._owner._cpu_clock() - self._cpu0
         self._started = False
 
     def reset(self) -> None:
@@ -128,13 +141,21 @@ class _Timer:
 class PhaseTimers:
     """Exclusive per-phase step timing; see the module docstring.
 
-    clock: seconds, monotonic (injectable for tests). cuda_sync: synchronize CUDA at every start/stop
-    (like megatron's Timer) so host time matches device work; None = when CUDA is initialised.
+    clock: seconds, monotonic (injectable for tests); cpu_clock: this process's CPU seconds (the work
+    itself, without the waits for a core on a shared machine). cuda_sync: synchronize the device at
+    every start/stop (like megatron's Timer) so host time matches device work; None = when the current
+    device is a GPU (the device's `synchronize()`; a no-op on CPU).
+
+    Two views of the same timers: the exclusive phase split of a step (`begin_step` / `end_step`, for
+    telemetry), and inclusive per-name wall and CPU seconds since the last `snapshot()` (megatron's
+    own meaning of a timer: 'forward-compute' includes the tensor-parallel collectives inside it), which
+    the adaptive balance watch and the pipeline benchmark read.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter, cuda_sync: bool | None = None,
-                 barrier_group: Any = None):
+                 barrier_group: Any = None, cpu_clock: Callable[[], float] = time.process_time):
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self._cuda_sync = cuda_sync
         self._barrier_group = barrier_group
         self._timers: dict[str, _Timer] = {}
@@ -211,6 +232,21 @@ class PhaseTimers:
         self.last_summary = summary
         return summary
 
+    def snapshot(self, reset: bool = True) -> dict[str, float]:
+        """Inclusive wall seconds per megatron timer name since the last snapshot, plus `compute_s`
+        (forward + backward compute of this stage), `compute_cpu_s` (the same in process CPU time) and
+        `p2p_s` (pipeline sends/receives, bubble waits included)."""
+        out = {name: timer._elapsed for name, timer in self._timers.items() if timer._elapsed}
+        cpu = {name: timer.cpu_elapsed for name, timer in self._timers.items()}
+        compute = ("forward-compute", "backward-compute")
+        out["compute_s"] = sum(out.get(name, 0.0) for name in compute)
+        out["compute_cpu_s"] = sum(cpu.get(name, 0.0) for name in compute)
+        out["p2p_s"] = sum(v for k, v in out.items() if "send" in k or "recv" in k)
+        if reset:
+            for timer in self._timers.values():
+                timer._elapsed, timer.cpu_elapsed = 0.0, 0.0
+        return out
+
     def step_summary(self) -> dict[str, float]:
         """The ARCHITECTURE contract's name: end the running step (no sample counts) and return it."""
         return self.end_step() if self._in_step else dict(self.last_summary)
@@ -228,11 +264,11 @@ class PhaseTimers:
         if barrier and torch is not None and torch.distributed.is_available() \
                 and torch.distributed.is_initialized():
             torch.distributed.barrier(group=self._barrier_group)
-        sync = self._cuda_sync
-        if sync is None:
-            sync = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
-        if sync:
-            torch.cuda.synchronize()
+        if self._cuda_sync is False:
+            return
+        device = _device()
+        if device is not None and (self._cuda_sync or not device.is_cpu):
+            device.synchronize()
 
     def _account(self, now: float) -> None:
         """Give the time since the last event to the innermost running timer (or 'other')."""

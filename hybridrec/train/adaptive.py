@@ -119,49 +119,24 @@ def _slow_stage(layers_per_stage: tuple[int, ...]) -> tuple[int, float] | None:
     return int(stage), float(fields.get("factor", 1.0))
 
 
-class _TeeTimer:
-    def __init__(self, timers: list[Any]):
-        self.timers = timers
+def stage_compute_seconds(timers: Any, device_name: str | None = None) -> float:
+    """This step's forward + backward compute of this stage from the job's `PhaseTimers` (and reset
+    their inclusive totals): process CPU time on CPU (a
+    shared machine's waits for a core do not count), wall time on GPU. `device_name` (optional, for
+    older callers): 'cpu' or not; default: ask `backend.current()`."""
+    from hybridrec.distributed import backend
 
-    def start(self, barrier: bool = False) -> None:
-        for timer in self.timers:
-            timer.start(barrier=barrier)
-
-    def stop(self, barrier: bool = False) -> None:
-        for timer in reversed(self.timers):
-            timer.stop(barrier=barrier)
-
-    def __getattr__(self, name: str) -> Any:  # elapsed, reset, active_time: the primary's
-        return getattr(self.timers[0], name)
+    snap = timers.snapshot()
+    on_cpu = backend.current().is_cpu if device_name is None else device_name == backend.HOST.type
+    return snap["compute_cpu_s"] if on_cpu else snap["compute_s"]
 
 
-class TeeTimers:
-    """megatron's Timers interface feeding two timer sets: telemetry's PhaseTimers (primary: every
-    other attribute, e.g. `phase`, `end_step`, is its) and the watch's `profile.StepTimers`."""
+def watch_clock_name(device_name: str | None = None) -> str:
+    """The DriftWatch's clock, as `stage_compute_seconds` reads it (the `balance.watch_clock` record)."""
+    from hybridrec.distributed import backend
 
-    def __init__(self, primary: Any, secondary: Any):
-        self.primary, self.secondary = primary, secondary
-
-    def __call__(self, name: str, log_level: int | None = None) -> _TeeTimer:
-        return _TeeTimer([self.primary(name, log_level), self.secondary(name, log_level)])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.primary, name)
-
-
-def watch_timers(telemetry_timers: Any) -> tuple[Any, Any]:
-    """(StepTimers for the watch, what to give the Trainer as `timers`)."""
-    from hybridrec.train.profile import StepTimers
-
-    step_timers = StepTimers()
-    return step_timers, step_timers if telemetry_timers is None else TeeTimers(telemetry_timers, step_timers)
-
-
-def stage_compute_seconds(step_timers: Any, device_name: str) -> float:
-    """This step's forward + backward compute of this stage (and reset): process CPU time on CPU (a
-    shared machine's waits for a core do not count), wall time on GPU."""
-    snap = step_timers.snapshot()
-    return snap["compute_cpu_s"] if device_name == "cpu" else snap["compute_s"]
+    on_cpu = backend.current().is_cpu if device_name is None else device_name == backend.HOST.type
+    return "process CPU time" if on_cpu else "wall time"
 
 
 class DriftWatch:

@@ -46,10 +46,11 @@ def rank_file(ckpt: str | Path, rank: int) -> Path:
 def rng_state() -> dict[str, Any]:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
+    from hybridrec.distributed import backend
+
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
              "tracker": get_cuda_rng_tracker().get_states()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
+    state.update(backend.current().rng_state())  # the device's own generator (none on CPU)
     return state
 
 
@@ -59,9 +60,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    from hybridrec.distributed import backend
+
     get_cuda_rng_tracker().set_states(state["tracker"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+    backend.current().set_rng_state(state)
 
 
 def save(root: str | Path, trainer: Any, param_infos: list[list[ParamInfo]], coords: dict[str, int],
@@ -121,7 +123,9 @@ def read_manifest(ckpt: str | Path) -> dict[str, Any]:
 def _load_file(path: Path) -> dict[str, Any]:
     """torch.load of one rank file; a missing, truncated or corrupt file is a DataError naming it."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        from hybridrec.distributed.backend import HOST
+
+        return torch.load(path, map_location=HOST, weights_only=False)
     except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(path, f"unreadable checkpoint file (missing, truncated or corrupt): {first}") from None

@@ -29,17 +29,17 @@ class BalanceWatchHook:
     """Collective: this step's compute seconds of every stage -> DriftWatch -> maybe re-partition."""
 
     def __init__(self, job: Any, say: Callable[[str], None]):
-        from hybridrec.train.adaptive import DriftWatch
+        from hybridrec.train.adaptive import DriftWatch, watch_clock_name
 
         plan, lay = job.start_plan.plan, job.layout
         self.watch = DriftWatch(plan, job.cfg.parallel.rebalance_threshold, job.coords["pp"], lay.pp)
         self.say = say
-        job.balance["watch_clock"] = "process CPU time" if job.device.type == "cpu" else "wall time"
+        job.balance["watch_clock"] = watch_clock_name()
 
     def after_step(self, job: Any, result: StepResult, metrics: dict[str, Any]) -> None:
         from hybridrec.train.adaptive import stage_compute_seconds
 
-        local = stage_compute_seconds(job.telemetry.step_timers, job.device.type)
+        local = stage_compute_seconds(job.telemetry.trainer_timers)
         fire, why = self.watch.observe(local)
         metrics["stage_compute_s"] = local
         metrics["stage_layers"] = float(self.watch.partition.layers_per_stage[job.coords["pp"]])

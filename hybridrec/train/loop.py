@@ -182,8 +182,7 @@ class Trainer:
                           samples=batch.inputs.shape[0] * lay.dp, lr=lr)
 
     def _phase(self, name: str) -> contextlib.AbstractContextManager:
-        """`timers.phase(name)` for telemetry's PhaseTimers; nothing for timers without phases
-        (profile.StepTimers, used by the balance watch, only reads megatron's compute timers)."""
+        """`timers.phase(name)` when the trainer reports into PhaseTimers; nothing without timers."""
         phase = getattr(self.timers, "phase", None)
         return phase(name) if phase is not None else contextlib.nullcontext()
 

@@ -5,9 +5,9 @@ Pieces of the recommender (a megatron-core GPTModel, local spec): the item + pos
 stage), each transformer layer, and the final norm + tied output layer + vocab-parallel cross entropy
 (last stage). With a large item vocabulary the first and last pieces are heavy. Times are the minimum of
 `repeats` runs after a warm-up (interference only adds time, so the minimum is the steadiest estimate
-of a piece's own cost). On a CPU run with one torch thread the clock is the process CPU time
-(`time.process_time`), which does not count time the process waits for a core on a shared machine;
-otherwise wall time (after a CUDA synchronize on GPU); memory is parameter bytes and the bytes autograd saves for backward
+of a piece's own cost). The clock is the device's step clock (`backend.current().step_clock()`): on a
+CPU run with one torch thread the process CPU time, which does not count time the process waits for a
+core on a shared machine, CUDA events on GPU, else wall time; memory is parameter bytes and the bytes autograd saves for backward
 (counted with `torch.autograd.graph.saved_tensors_hooks`, parameters excluded).
 """
 
@@ -59,7 +59,8 @@ def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = T
 @contextlib.contextmanager
 def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[None]:
     """megatron's parallel state at tp = pp = 1, torn down afterwards. Without a process group a world
-    of one (gloo) is created; inside a job every rank must enter (creating the groups is collective)."""
+    of one (the device's backend) is created; inside a job every rank must enter (creating the groups
+    is collective)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -70,7 +71,8 @@ def single_process_megatron(seed: int = 1234, device: str = "cpu") -> Iterator[N
     backend.setup(device)
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        dist.init_process_group(backend.current().collective_backend, init_method=f"tcp://127.0.0.1:{free_port()}",
+                                rank=0, world_size=1)
     try:
         ps.initialize_model_parallel(1, 1)
         torch.manual_seed(seed)
@@ -146,9 +148,12 @@ def _run_fwd_bwd(fns: list[Callable], x0: torch.Tensor | None, count_saved: bool
             saved[key] = t.untyped_storage().nbytes()
         return t
 
-    clock = _clock()
-    _sync()
-    start = clock()
+    from hybridrec.distributed import backend
+
+    device = backend.current()
+    clock = device.step_clock()
+    device.synchronize()
+    clock.start()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         x = None if x0 is None else x0.detach().requires_grad_(True)
         for fn in fns:
@@ -158,24 +163,14 @@ def _run_fwd_bwd(fns: list[Callable], x0: torch.Tensor | None, count_saved: bool
         x.backward()
     else:
         x.backward(torch.ones_like(x) * 1e-3)
-    _sync()
-    return clock() - start, sum(saved.values())
-
-
-def _clock() -> Callable[[], float]:
-    """Process CPU time for single-threaded CPU runs (robust to a loaded machine), else wall time."""
-    if not torch.cuda.is_available() and torch.get_num_threads() == 1:
-        return time.process_time
-    return time.perf_counter
+    return clock.stop(), sum(saved.values())
 
 
 def clock_name() -> str:
-    return "process CPU time" if _clock() is time.process_time else "wall time"
+    """What the profile's times are: the device's step clock ("process CPU time", "CUDA events", ...)."""
+    from hybridrec.distributed import backend
 
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    return backend.current().step_clock().name
 
 
 def _best_time(fns: list[Callable], x0: torch.Tensor | None, repeats: int, warmup: int,
@@ -263,58 +258,6 @@ def describe(costs: ModelCosts) -> str:
 
 
 # ---------------------------------------------------------------------------- timing a training step
-class _NamedTimer:
-    def __init__(self, owner: StepTimers, name: str):
-        self.owner, self.name = owner, name
-
-    def start(self, barrier: bool = False) -> None:
-        self.owner._started[self.name] = (time.perf_counter(), time.process_time())
-
-    def stop(self, barrier: bool = False) -> None:
-        began = self.owner._started.pop(self.name, None)
-        if began is not None:
-            totals, cpu = self.owner.totals, self.owner.cpu_totals
-            totals[self.name] = totals.get(self.name, 0.0) + time.perf_counter() - began[0]
-            cpu[self.name] = cpu.get(self.name, 0.0) + time.process_time() - began[1]
-
-
-class StepTimers:
-    """Wall-time accumulators callable like megatron's Timers (assign to `TransformerConfig.timers`).
-
-    The schedules report `forward-compute`, `backward-compute` and the p2p waits (`forward-recv`,
-    `backward-send-forward-recv`, ...); `compute_s()` is this stage's own work per step, `p2p_s()`
-    the time spent in pipeline sends/receives (bubble waits included). `cpu_totals` holds the
-    process CPU time of the same intervals (the work itself, without waiting for a core).
-    """
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.cpu_totals: dict[str, float] = {}
-        self._started: dict[str, tuple[float, float]] = {}
-
-    def __call__(self, name: str, log_level: int | None = None) -> _NamedTimer:
-        return _NamedTimer(self, name)
-
-    def log(self, *args: Any, **kwargs: Any) -> None:
-        """megatron calls this to print; the numbers are read with `snapshot` instead."""
-
-    def compute_s(self) -> float:
-        return self.totals.get("forward-compute", 0.0) + self.totals.get("backward-compute", 0.0)
-
-    def p2p_s(self) -> float:
-        return sum(v for k, v in self.totals.items() if "send" in k or "recv" in k)
-
-    def compute_cpu_s(self) -> float:
-        return self.cpu_totals.get("forward-compute", 0.0) + self.cpu_totals.get("backward-compute", 0.0)
-
-    def snapshot(self, reset: bool = True) -> dict[str, float]:
-        out = {**self.totals, "compute_s": self.compute_s(), "p2p_s": self.p2p_s(),
-               "compute_cpu_s": self.compute_cpu_s()}
-        if reset:
-            self.totals, self.cpu_totals = {}, {}
-        return out
-
-
 @contextlib.contextmanager
 def timed_collectives(totals: dict[str, float]) -> Iterator[None]:
     """Add the wall time of synchronous torch.distributed collectives (as megatron calls them: tp
@@ -413,7 +356,7 @@ def plan_adaptive(model_cfg: Any, parallel_cfg: Any, layout: Any, vocab_size: in
 
 
 def stage_times_across_pipeline(local_seconds: float) -> list[float]:
-    """Every pipeline stage's measured seconds (e.g. `StepTimers.compute_s()`), in stage order,
+    """Every pipeline stage's measured seconds (e.g. `PhaseTimers.snapshot()['compute_s']`), in stage order,
     for `RebalanceMonitor.observe` (collective over megatron's pipeline group)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps

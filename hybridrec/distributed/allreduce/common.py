@@ -4,6 +4,8 @@ hops over a rack (exact byte counts), and the compressed hop (all-gather payload
 Compressed hop byte cost: every member receives every other member's payload, so a ring all-gather
 sends (n-1) * P bytes per rank for a payload of P bytes (vs 2(n-1)/n * S for a dense ring
 all-reduce): compression pays when P < 2S/n, e.g. top-k 1% (P = 0.02 S) or 1-bit (P ~ 0.032 S).
+
+Device-agnostic: every buffer is allocated on the bucket's device (`tensor.new_*`, `*_like`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.distributed as dist
 from hybridrec.distributed.accounting import ByteCounter, ring_allgather_bytes
 from hybridrec.distributed.allreduce.groups import CommGroups
 from hybridrec.distributed.compression import Codec, encode_with_feedback, pack, unpack
+from hybridrec.distributed.compression.base import parts_nbytes
 from hybridrec.distributed.compression.none import NoneCodec
 
 
@@ -50,7 +53,7 @@ def compressed_sum_(
     gathered = [torch.empty_like(buffer) for _ in members]
     dist.all_gather(gathered, buffer, group=group)
     ctx.counter.add_ring(hop, ring_allgather_bytes(buffer.numel(), len(members)), members)
-    total = torch.zeros(tensor.numel(), dtype=torch.float32)
+    total = tensor.new_zeros(tensor.numel(), dtype=torch.float32)
     for packed in gathered:
         total += ctx.codec.decode(unpack(packed, ctx.codec, tensor.numel()))
     tensor.copy_(total.view_as(tensor))
@@ -79,7 +82,7 @@ def ring_reduce_scatter_(tensor: torch.Tensor, ctx: ReduceContext, bounds: list[
     for step in range(m - 1):
         s_lo, s_hi = bounds[(me - step - 1) % m]
         r_lo, r_hi = bounds[(me - step - 2) % m]
-        incoming = torch.empty(r_hi - r_lo, dtype=tensor.dtype)
+        incoming = tensor.new_empty(r_hi - r_lo)
         reqs = [_send(tensor[s_lo:s_hi], nxt, ctx.groups.rack_group, ctx, "rack_reduce_scatter"),
                 dist.irecv(incoming, prv, group=ctx.groups.rack_group)]
         for req in reqs:
@@ -96,7 +99,7 @@ def ring_all_gather_(tensor: torch.Tensor, ctx: ReduceContext, bounds: list[tupl
     for step in range(m - 1):
         s_lo, s_hi = bounds[(me - step) % m]
         r_lo, r_hi = bounds[(me - step - 1) % m]
-        incoming = torch.empty(r_hi - r_lo, dtype=tensor.dtype)
+        incoming = tensor.new_empty(r_hi - r_lo)
         reqs = [_send(tensor[s_lo:s_hi], nxt, ctx.groups.rack_group, ctx, "rack_all_gather"),
                 dist.irecv(incoming, prv, group=ctx.groups.rack_group)]
         for req in reqs:
@@ -119,8 +122,9 @@ def star_reduce_(tensor: torch.Tensor, ctx: ReduceContext, key: str) -> None:
     if compress:  # the leader's own contribution goes through the codec too
         own = encode_with_feedback(ctx.codec, tensor, ctx.memory.setdefault(key, {}), ctx.error_feedback)
         tensor.copy_(ctx.codec.decode(own).view_as(tensor))
-    nbytes = sum(n * torch.empty((), dtype=d).element_size() for d, n in ctx.codec.part_specs(tensor.numel()))
-    buffers = [torch.empty(nbytes, dtype=torch.uint8) if compress else torch.empty_like(tensor) for _ in rack[1:]]
+    nbytes = parts_nbytes(ctx.codec.part_specs(tensor.numel()))
+    buffers = [tensor.new_empty(nbytes, dtype=torch.uint8) if compress else torch.empty_like(tensor)
+               for _ in rack[1:]]
     reqs = [dist.irecv(buf, src, group=group) for buf, src in zip(buffers, rack[1:])]
     for req, buf in zip(reqs, buffers):
         req.wait()

@@ -5,6 +5,11 @@ group, testable without processes), then `build_comm_groups` creates the torch g
 of the world must call it with the same arguments (torch's `new_group` is collective); it returns the
 groups of the calling rank.
 
+The groups carry the tensors' backend, asked of the device (`backend.current().group_backend`): NCCL
+groups when the gradients are on GPU, gloo on CPU; with `cpu_staging` (config `allreduce.cpu_staging`)
+they are the host-staging backend (gloo) and GradSync copies each bucket to host memory around the
+collectives.
+
 Shard columns (reduce-scatter variant): with P = the largest rack size, the bucket is cut into P
 near-equal columns; in a rack of m ranks, local rank l owns columns [l*P//m, (l+1)*P//m). Column c is
 all-reduced across racks by the owners of c, one per rack. This is correct for uneven racks: a rank
@@ -95,6 +100,8 @@ class CommGroups:
     rack_group: Any
     leader_group: Any  # only on rack leaders
     column_groups: dict[tuple[int, ...], Any] = field(default_factory=dict)
+    backend: str = ""  # the torch backend of these groups
+    cpu_staging: bool = False  # buckets are copied to host memory for gloo groups
 
     @property
     def group_ranks(self) -> tuple[int, ...]:
@@ -109,9 +116,16 @@ class CommGroups:
         return self.rack_ranks[0]
 
 
-def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMap, rank: int | None = None) -> CommGroups:
-    """Create every group for every dp group (collective over the world); return this rank's."""
+def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMap, rank: int | None = None,
+                      *, cpu_staging: bool = False, device: Any = None) -> CommGroups:
+    """Create every group for every dp group (collective over the world); return this rank's.
+
+    `device` (default `backend.current()`) chooses the groups' backend; `cpu_staging` asks for the
+    host-staging backend instead."""
+    from hybridrec.distributed import backend
+
     rank = dist.get_rank() if rank is None else rank
+    group_backend = (device or backend.current()).group_backend(cpu_staging)
     covered = sorted(r for g in all_group_ranks for r in g)
     if covered != list(range(rack_map.world_size)):
         raise ConfigError("dp groups", [list(g) for g in all_group_ranks],
@@ -119,7 +133,7 @@ def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMa
     mine: CommGroups | None = None
 
     def new(ranks: Sequence[int]) -> Any:
-        return dist.new_group(sorted(ranks), backend="gloo") if len(ranks) > 1 else None
+        return dist.new_group(sorted(ranks), backend=group_backend) if len(ranks) > 1 else None
 
     for group_ranks in all_group_ranks:
         plan = plan_groups(group_ranks, rack_map)
@@ -132,6 +146,7 @@ def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMa
             mine = CommGroups(
                 rank=rank, rack_map=rack_map, plan=plan, group=group, rack_group=rack_groups[rack_index],
                 leader_group=leader_group if rank in plan.leaders else None, column_groups=columns,
+                backend=group_backend, cpu_staging=cpu_staging,
             )
     assert mine is not None
     return mine

@@ -1,5 +1,5 @@
-"""Run a function on N local gloo processes (tests, loopback benchmarks): free port, spawn,
-init/destroy the process group, collect each rank's return value."""
+"""Run a function on N local CPU processes (the CPU backend, gloo; tests, loopback benchmarks): free
+port, spawn, init/destroy the process group, collect each rank's return value."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hybridrec.distributed import backend
 from hybridrec.distributed.env import free_port
 
 CLONE_NEWNET = 0x40000000
@@ -38,7 +39,7 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
     os.environ.update(env)
     torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo", init_method=f"tcp://{master_addr}:{port}", rank=rank, world_size=world_size,
+        backend.CPU_BACKEND, init_method=f"tcp://{master_addr}:{port}", rank=rank, world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     try:
@@ -51,7 +52,7 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, env: dict[str, str] | None = None,
               timeout_s: float = 120.0, start_method: str = "fork", master_addr: str = "127.0.0.1",
               netns: list[str] | None = None) -> list[Any]:
-    """Call `fn(rank, world_size, *args)` on `world_size` gloo processes; return the results in rank
+    """Call `fn(rank, world_size, *args)` on `world_size` CPU processes; return the results in rank
     order. `fork` (default) skips re-importing torch in every child (seconds each on a loaded
     machine); use `spawn` when the parent has started threads that must not be forked.
     `netns[r]`: rank r first enters that network namespace (rack testbed, root; fork only), and

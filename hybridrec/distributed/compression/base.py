@@ -40,7 +40,7 @@ class Codec(Protocol):
 
 
 def parts_nbytes(specs: list[tuple[torch.dtype, int]]) -> int:
-    return sum(count * torch.empty((), dtype=dtype).element_size() for dtype, count in specs)
+    return sum(count * dtype.itemsize for dtype, count in specs)
 
 
 def pack(payload: Payload) -> torch.Tensor:
@@ -52,10 +52,12 @@ def unpack(buffer: torch.Tensor, codec: Codec, numel: int, meta: dict[str, Any] 
     """Inverse of `pack` for a payload of an input with `numel` elements."""
     parts, offset = [], 0
     for dtype, count in codec.part_specs(numel):
-        size = count * torch.empty((), dtype=dtype).element_size()
+        itemsize = dtype.itemsize
+        size = count * itemsize
         raw = buffer[offset:offset + size]
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if (raw.storage_offset() % itemsize) or (raw.data_ptr() % itemsize):
+        # buffers are whole allocations (aligned), so the offset decides the alignment (no data_ptr:
+        # fake tensors in tests/test_gpu_path.py have none)
+        if raw.storage_offset() % itemsize:
             raw = raw.clone()  # realign: a part after an odd-sized one
         parts.append(raw.view(dtype))
         offset += size
@@ -75,6 +77,8 @@ def encode_with_feedback(
     residual = state.get("residual")
     if residual is None or residual.shape != tensor.shape:
         residual = torch.zeros_like(tensor, dtype=torch.float32)
+    elif residual.device != tensor.device:  # restored from a checkpoint loaded on the host
+        residual = residual.to(tensor.device)
     compensated = tensor.float() + residual
     payload = codec.encode(compensated, state)
     state["residual"] = compensated - codec.decode(payload)

@@ -11,7 +11,12 @@ import torch
 from hybridrec.distributed.compression.base import Payload, ceil_div
 from hybridrec.errors import ConfigError
 
-_BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
+
+
+def _bit_weights(like: torch.Tensor) -> torch.Tensor:
+    """The bit weights on `like`'s device (8 bytes; `new_tensor` keeps them off the host on GPU runs)."""
+    return like.new_tensor(_BIT_WEIGHTS, dtype=torch.uint8)
 
 
 class SignCodec:
@@ -32,21 +37,21 @@ class SignCodec:
         flat = tensor.reshape(-1).float()
         n = flat.numel()
         chunks = ceil_div(n, self.chunk_size)
-        padded = torch.zeros(chunks * self.chunk_size, dtype=torch.float32)
+        padded = flat.new_zeros(chunks * self.chunk_size)
         padded[:n] = flat
-        counts = torch.full((chunks,), float(self.chunk_size))
+        counts = flat.new_full((chunks,), float(self.chunk_size))
         if chunks:
             counts[-1] = n - (chunks - 1) * self.chunk_size
         scales = padded.view(chunks, self.chunk_size).abs().sum(dim=1) / counts
-        bits = torch.zeros(ceil_div(n, 8) * 8, dtype=torch.uint8)
+        bits = flat.new_zeros(ceil_div(n, 8) * 8, dtype=torch.uint8)
         bits[:n] = (flat >= 0).to(torch.uint8)
-        packed = (bits.view(-1, 8) * _BIT_WEIGHTS).sum(dim=1, dtype=torch.int32).to(torch.uint8)
+        packed = (bits.view(-1, 8) * _bit_weights(flat)).sum(dim=1, dtype=torch.int32).to(torch.uint8)
         return Payload((packed, scales), n)
 
     def decode(self, payload: Payload) -> torch.Tensor:
         packed, scales = payload.parts
         n = payload.numel
-        bits = (packed.view(-1, 1) & _BIT_WEIGHTS).ne(0).view(-1)[:n]
+        bits = (packed.view(-1, 1) & _bit_weights(packed)).ne(0).view(-1)[:n]
         signs = bits.to(torch.float32) * 2.0 - 1.0
         per_element = scales.float().repeat_interleave(self.chunk_size)[:n]
         return signs * per_element

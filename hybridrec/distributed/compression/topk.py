@@ -32,7 +32,7 @@ class TopKCodec:
 
     def decode(self, payload: Payload) -> torch.Tensor:
         values, indices = payload.parts
-        dense = torch.zeros(payload.numel, dtype=torch.float32)
+        dense = values.new_zeros(payload.numel, dtype=torch.float32)
         dense.index_add_(0, indices.long(), values.float())
         return dense
 
