@@ -183,7 +183,12 @@ def _check_data(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
 
 
 def _check_train_eval(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:
+    from hybridrec.config.train import validate_train
+
     train, ev = cfg.train, cfg.eval
+    err = _guard(lambda: validate_train(train))
+    if err:
+        yield err
     if train.steps < 0:
         yield ConfigError("train.steps", train.steps, "an integer >= 0")
     if not train.lr > 0:
