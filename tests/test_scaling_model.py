@@ -153,3 +153,49 @@ def test_fit_and_cluster_refuse_bad_input():
         Cluster(1, 2, 2, {("intra_node", "ring"): Link(0, 1)})
     with pytest.raises(ConfigError):
         payload_bytes("gzip", 10)
+
+
+def _synthetic_record(cl: Cluster) -> dict:
+    """A calibration record whose every time is what `cl` predicts (what the testbed would measure if
+    the model were exact)."""
+    from analysis.scaling.model import ring_allgather, sync
+
+    sizes = [4096, 65536, 2**20, 4 * 2**20]
+    pairs = {"intra_rack": [0, 1], "cross_rack": [1, 2]}
+    rec = {"rate": "synthetic", "cpus": 2, "load_before": "-", "load_after": "-", "p2p": {}, "pair_allreduce": {},
+           "pair_allgather": {}}
+    for link, pair in pairs.items():
+        rec["pair_allreduce"][link] = [{"nbytes": s, "times_s": [ring_allreduce(cl, [pair], s).time_s]} for s in sizes]
+        rec["pair_allgather"][link] = [{"nbytes": s, "times_s": [ring_allgather(cl, [pair], s).time_s]} for s in sizes]
+    rec["rates"] = {str(n): {"sum": {"s_per_elem": cl.reduce_s_per_byte * 4, "times_s": [cl.reduce_s_per_byte * 4 * n]},
+                             "topk/encode": {"s_per_elem": 1e-8, "times_s": [1e-8 * n]},
+                             "topk/decode": {"s_per_elem": 1e-9, "times_s": [1e-9 * n]}} for n in (2**18, 2**20)}
+    rec["collectives"] = [{"algo": algo, "size_mib": mib, "times_s": [sync(cl, algo.split("+")[0], mib * MIB,
+                                                                            (algo.split("+") + ["none"])[1]).time_s],
+                           "xrack_bytes": sync(cl, algo.split("+")[0], mib * MIB).cross_rack_bytes}
+                          for algo in ("flat", "hierarchical") for mib in (1, 16)]
+    rec["train"] = {"grad_numel": 2**19, "compute_single_s": 0.01, "runs": {
+        "flat+none": {"step_s": 0.02 + sync(cl, "flat", 2**21).time_s, "compute_s": 0.02}}}
+    return rec
+
+
+def test_calibration_record_round_trip_recovers_links_and_predicts_exactly():
+    from analysis.scaling.calibrate import testbed_cluster, validation_rows
+
+    truth = cluster(reduce_s_per_byte=2e-10)
+    rec = _synthetic_record(truth)
+    fitted = testbed_cluster(rec)
+    for key in (("cross_rack", "ring"), ("cross_rack", "exchange"), ("intra_rack", "ring")):
+        assert fitted.link(*key).beta_bytes_per_s == pytest.approx(truth.link(*key).beta_bytes_per_s, rel=1e-6)
+        assert fitted.link(*key).alpha_s == pytest.approx(truth.link(*key).alpha_s, rel=1e-6)
+    rows = validation_rows(fitted, rec)
+    assert len(rows) == 5
+    assert all(abs(r["error"]) < 1e-6 for r in rows)
+
+
+def test_cli_names_a_missing_calibration(tmp_path):
+    from analysis.scaling.__main__ import main
+    from hybridrec.errors import DataError
+
+    with pytest.raises(DataError, match="scaling_calibration"):
+        main(["--calibration", str(tmp_path / "none.json"), "--out", str(tmp_path)])

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from analysis.scaling.calibrate import testbed_cluster, validation_rows
 from analysis.scaling.model import Cluster, Link, Step, embedding_step, sync
+from hybridrec.errors import DataError
 from hybridrec.io import atomic_path, atomic_write_bytes, atomic_write_json
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "scaling"
@@ -136,6 +137,23 @@ def plot(path: Path, val: list[dict], proj: list[dict]) -> None:
     plt.close(fig)
 
 
+CALIBRATION_KEYS = ("rate", "cpus", "pair_allreduce", "pair_allgather", "rates", "train", "collectives")
+
+
+def load_calibration(path: Path) -> dict:
+    """The calibration JSON, or DataError naming the file and what is missing."""
+    if not path.exists():
+        raise DataError(path, "no calibration: run `benchmarks/scaling_calibration.py --out <this file>` (root)")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not JSON ({exc.msg})", exc.lineno) from exc
+    missing = [k for k in CALIBRATION_KEYS if k not in record]
+    if missing:
+        raise DataError(path, f"calibration without {missing}: rerun benchmarks/scaling_calibration.py")
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.scaling", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cluster workload: compute chosen so flat DP at 8x8 spends this share communicating")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    record = json.loads(Path(args.calibration).read_text())
+    record = load_calibration(Path(args.calibration))
     testbed = testbed_cluster(record)
     val = validation_rows(testbed, record)
     # workloads: the testbed's own (measured compute and gradient), and a paper-scale one
