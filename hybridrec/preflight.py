@@ -35,9 +35,13 @@ def validate(cfg: Any, world_size: int) -> ParallelLayout:
     return ParallelLayout.build(cfg.parallel, world_size, cfg.train.global_batch_size)
 
 
-def problems(cfg: Any, world_size: int) -> list[ConfigError]:
-    """Every independent problem found (checks after a failed layout are skipped if they need it)."""
-    return list(_checks(cfg, world_size))
+def problems(cfg: Any, world_size: int, overrides: list[str] | None = None) -> list[ConfigError]:
+    """Every independent problem found (checks after a failed layout are skipped if they need it);
+    `overrides` (the command line's Hydra overrides) adds the checks only their text allows (a rack
+    named twice in `allreduce.racks={...}`, which composing silently drops)."""
+    from hybridrec.config.comm import duplicate_rack_names
+
+    return [*duplicate_rack_names(list(overrides or [])), *_checks(cfg, world_size)]
 
 
 def codec_names() -> tuple[str, ...]:
@@ -222,9 +226,11 @@ def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
         return
     if not 0.0 < comp.ratio <= 1.0:
         yield ConfigError("compression.ratio", comp.ratio, "a top-k ratio k in (0, 1]")
-    try:
-        from hybridrec.config import comm
+    from hybridrec.config import comm
 
+    racks = getattr(cfg.allreduce, "racks", None) or {}
+    yield from comm.rack_problems(racks)
+    try:
         validate_comm = getattr(comm, "validate_comm", None)
         if validate_comm is not None:
             validate_comm(cfg.allreduce, comp, world_size)

@@ -79,3 +79,45 @@ def test_a_new_attempt_keeps_the_earlier_attempts_files(tmp_path: Path) -> None:
     assert keep_previous(summary) == tmp_path / "summary.attempt2.json"
     assert json.loads((tmp_path / "summary.attempt2.json").read_text()) == {"status": "failed"}
     assert json.loads(kept.read_text())["status"] == "done"  # never touched again
+
+
+RACK_ARGS = ["parallel.dp=0", "allreduce=hierarchical", "allreduce.topology=config"]
+
+
+@pytest.mark.parametrize("allreduce", ["megatron", "hierarchical"])
+def test_plain_racks_override_composes(allreduce: str) -> None:
+    from jobs.preflight import compose
+
+    cfg = compose([f"allreduce={allreduce}", "allreduce.racks={rack1:[n1,n2],rack2:[n3,n4]}"])
+    assert cfg.allreduce.racks == {"rack1": ["n1", "n2"], "rack2": ["n3", "n4"]}
+    from hydra.errors import HydraException
+
+    with pytest.raises(HydraException, match="allreduce.rackz"):  # the rest of the group stays strict
+        compose([f"allreduce={allreduce}", "allreduce.rackz={a:[b]}"])
+
+
+@pytest.mark.parametrize("racks, field, expected", [
+    ("{rack1:[n1,n2],rack2:[]}", "allreduce.racks.rack2", "non-empty list of hostnames"),
+    ("{rack1:[n1,n2],rack1:[n3,n4]}", "allreduce.racks.rack1", "rack 'rack1' is listed twice"),
+    ("{rack1:[n1,n2],rack2:[n2,n3]}", "allreduce.racks.rack2", "each host in one rack (also in 'rack1')"),
+    ("{rack1:[n1,n1],rack2:[n3,n4]}", "allreduce.racks.rack1", "each host once in its rack"),
+])
+def test_bad_rack_maps_are_refused_by_preflight(racks: str, field: str, expected: str, capsys) -> None:
+    from jobs.preflight import main
+
+    assert main(["--world-size", "4", *RACK_ARGS, f"allreduce.racks={racks}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and field in err[0] and expected in err[0]
+    assert main(["--world-size", "4", *RACK_ARGS, "allreduce.racks={rack1:[n1,n2],rack2:[n3,n4]}"]) == 0
+
+
+def test_all_rack_problems_are_listed_together() -> None:
+    from hybridrec import preflight
+    from jobs.preflight import compose
+
+    overrides = [*RACK_ARGS, "allreduce.racks={a:[n2],b:[],c:[n3,n3],d:[n1],a:[n1]}"]
+    cfg = compose(overrides)
+    assert cfg.allreduce.racks["a"] == ["n1"]  # Hydra keeps the last 'a': only the override's text shows it
+    found = preflight.problems(cfg, 4, overrides)
+    assert [e.field for e in found] == [f"allreduce.racks.{r}" for r in "abcd"]
+    assert "also in 'a'" in str(found[3])
