@@ -121,3 +121,101 @@ def test_all_rack_problems_are_listed_together() -> None:
     found = preflight.problems(cfg, 4, overrides)
     assert [e.field for e in found] == [f"allreduce.racks.{r}" for r in "abcd"]
     assert "also in 'a'" in str(found[3])
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, (None, "torch default")),
+    ({"OMP_NUM_THREADS": "3"}, (3, "OMP_NUM_THREADS")),
+    ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "OMP_NUM_THREADS": "8"}, (1, "Slurm task without SLURM_CPUS_PER_TASK")),
+    ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "2"}, (2, "SLURM_CPUS_PER_TASK")),
+    ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "2", "HYBRIDREC_THREADS": "4"},
+     (4, "HYBRIDREC_THREADS")),
+])
+def test_ranks_take_their_thread_count_from_slurm(environ: dict, expected: tuple) -> None:
+    from hybridrec.distributed.env import thread_count
+
+    assert thread_count(environ) == expected
+
+
+def test_configure_threads_sets_torch_and_refuses_nonsense() -> None:
+    from hybridrec.distributed.env import configure_threads
+    from hybridrec.errors import ConfigError
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "2"}) == \
+            (2, "SLURM_CPUS_PER_TASK")
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ConfigError, match="SLURM_CPUS_PER_TASK"):
+            configure_threads({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_CPUS_PER_TASK": "0"})
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_train_job(*args: str, env: dict | None = None, timeout: int = 120):
+    import os
+    import subprocess
+    import sys
+
+    full = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "jobs.train_job", *args], cwd=REPO, env=full,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_a_refused_job_prints_every_problem_in_one_line_each_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = run_train_job("compression=topk", "compression.ratio=1.5", f"hydra.run.dir={out}")
+    assert proc.returncode == 2 and not out.exists()
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("refused: config field") for line in lines)
+    assert "compression.ratio" in lines[0] and "compression.codec" in lines[1]
+    assert "Traceback" not in proc.stderr + proc.stdout and "Error executing job" not in proc.stderr
+
+
+def test_one_process_with_a_tp2_layout_is_told_how_to_start_more_ranks(tmp_path: Path) -> None:
+    proc = run_train_job("parallel=tp2", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert "world size 1" in proc.stderr
+    assert "hybridrec.distributed.launch --nproc-per-node 2 jobs.train_job parallel=tp2" in proc.stderr
+    assert "torch.distributed.run --nproc-per-node 2 -m jobs.train_job parallel=tp2" in proc.stderr
+
+
+def test_a_bad_override_is_one_line_before_any_output_directory(tmp_path: Path) -> None:
+    proc = run_train_job("train.stepz=3", f"hydra.run.dir={tmp_path / 'run'}")
+    assert proc.returncode == 2 and not (tmp_path / "run").exists()
+    assert proc.stderr.strip().splitlines() == [(
+        "refused: config does not compose: Could not override 'train.stepz'.: Key 'stepz' not in 'TrainConfig' "
+        "(train.stepz)")]
+
+
+def test_a_failed_run_prints_one_short_line_and_logs_the_traceback(tmp_path: Path) -> None:
+    ckpt = save_fake(tmp_path / "ckpt", 6, ranks=1)
+    torn = checkpoint.rank_file(ckpt, 0)
+    torn.write_bytes(torn.read_bytes()[:1000])
+    out = tmp_path / "run"
+    proc = run_train_job("model=sasrec_tiny", "train=quick", "train.steps=6", "eval.protocols=[uni100]",
+                         f"data.cache_dir={tmp_path / 'cache'}", f"train.resume={ckpt}", f"hydra.run.dir={out}",
+                         timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith(f"failed: {torn}: unreadable checkpoint file"), lines
+    assert lines[-1] == f"  full traceback: {out / 'train_job.log'} (HYDRA_FULL_ERROR=1 prints it here)"
+    assert len(lines) == 3 and "Traceback" not in proc.stderr and "UserWarning" not in proc.stderr
+    log = (out / "train_job.log").read_text()
+    assert "Traceback (most recent call last)" in log and "hybridrec.errors.DataError" in log
+    assert "Params for bucket" in log and "UserWarning" in log  # the library noise went to the log file
+
+
+def test_failure_lines_name_the_failing_rank_once() -> None:
+    from hybridrec.console import failure_lines
+    from hybridrec.errors import ConfigError, DataError
+
+    peer = RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242")
+    own = DataError("/d/x.csv", "line 3: 2 fields, expected 4")
+    config = ConfigError("allreduce.racks.r2", [], "a non-empty list")
+    assert failure_lines(own, 2, 4, None) == ["failed: rank 2: /d/x.csv: line 3: 2 fields, expected 4"]
+    assert failure_lines(peer, 1, 4, None) == []  # the rank that died prints its own cause
+    assert failure_lines(peer, 0, 4, None)[0].startswith("failed: rank 0: another rank failed: RuntimeError")
+    assert failure_lines(config, 3, 4, None) == [] and len(failure_lines(config, 0, 4, None)) == 1
+    assert failure_lines(own, 0, 1, None) == ["failed: /d/x.csv: line 3: 2 fields, expected 4"]
