@@ -219,3 +219,25 @@ def test_failure_lines_name_the_failing_rank_once() -> None:
     assert failure_lines(peer, 0, 4, None)[0].startswith("failed: rank 0: another rank failed: RuntimeError")
     assert failure_lines(config, 3, 4, None) == [] and len(failure_lines(config, 0, 4, None)) == 1
     assert failure_lines(own, 0, 1, None) == ["failed: /d/x.csv: line 3: 2 fields, expected 4"]
+
+
+def test_skipped_lines_are_counted_per_reason_for_the_summary_and_the_console(tmp_path: Path) -> None:
+    from hybridrec.config.data import DataConfig
+    from hybridrec.data.processed import process, read_raw
+    from hybridrec.data.skips import skip_message, skipped_counts
+
+    rows = [f"u{u},i{(u * 7 + k) % 30},5.0,{1000 + k}" for u in range(40) for k in range(6)]
+    rows[3:3] = ["u1,i2,5.0", "u1,i2,5.0,notatime", "garbage", "u2,i3,5.0,-"]
+    path = tmp_path / "ratings_Electronics.csv"
+    path.write_text("\n".join(rows) + "\n")
+    cfg = DataConfig(source="amazon2014", path=str(path), on_bad_line="skip", kcore=3, num_negatives=5)
+    data = process(read_raw(cfg, path), cfg)
+    counts = skipped_counts(data.stats)
+    assert sum(counts.values()) == 4 and data.stats["skipped_total"] == 4
+    assert counts == {k: v for k, v in data.stats["skipped"].items()}
+    message = skip_message(data.stats)
+    assert message.startswith(f"data: skipped 4 of {len(rows)} lines of {path} (") and f"e.g. {path}:4: " in message
+    clean = DataConfig(source="amazon2014", path=str(path), on_bad_line="skip", kcore=3, num_negatives=5)
+    path.write_text("\n".join(r for r in rows if r.count(",") == 3 and r.split(",")[3].isdigit()) + "\n")
+    assert skipped_counts(process(read_raw(clean, path), clean).stats) == {}
+    assert skip_message({"skipped": {}}) is None
