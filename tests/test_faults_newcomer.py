@@ -241,3 +241,67 @@ def test_skipped_lines_are_counted_per_reason_for_the_summary_and_the_console(tm
     path.write_text("\n".join(r for r in rows if r.count(",") == 3 and r.split(",")[3].isdigit()) + "\n")
     assert skipped_counts(process(read_raw(clean, path), clean).stats) == {}
     assert skip_message({"skipped": {}}) is None
+
+
+def fake_sweep(root: Path) -> Path:
+    """A sweep directory as jobs.submit leaves it: point 0 done, point 1 failed (its rank's submitit
+    error pickle), point 2 without any result yet."""
+    import pickle
+
+    from jobs.submit import MANIFEST
+
+    folder = root / ".submitit"
+    folder.mkdir(parents=True)
+    points = []
+    for index in range(3):
+        point_dir = root / str(index)
+        point_dir.mkdir()
+        points.append({"index": index, "job_id": f"41_{index}", "overrides": [f"compression.ratio=0.{index + 1}"],
+                       "dir": str(point_dir)})
+    atomic_write_json(root / "0" / "summary.json", {"status": "done", "metrics": {"uni100": {"HR@10": 0.5}}})
+    with open(folder / "41_1_0_result.pkl", "wb") as handle:
+        pickle.dump(("error", "Traceback ...\nhybridrec.errors.DataError: /d/x.csv: bad"), handle)
+    (folder / "41_1_0_log.out").write_text("hostname=n3\n")
+    atomic_write_json(root / MANIFEST, {"submitit_folder": str(folder), "points": points})
+    return root
+
+
+def test_sweep_status_and_collect_work_from_the_files_when_slurm_is_gone(tmp_path: Path, capsys) -> None:
+    import os
+
+    from jobs import sweep
+
+    root = fake_sweep(tmp_path / "sweep")
+    env = {**os.environ, "SLURM_CONF": str(tmp_path / "no-such-slurm.conf")}
+    notes: list[str] = []
+    rows = sweep.status(root, env, notes)
+    assert [(r["state"], r["reason"]) for r in rows] == [
+        ("done", ""), ("failed", "rank 0 on n3: hybridrec.errors.DataError: /d/x.csv: bad"),
+        ("unknown", "Slurm unreachable and no result in the sweep's files yet")]
+    assert len(notes) == 1 and notes[0].startswith("Slurm is unreachable (no Slurm configuration at") and "sweep's files" in notes[0]
+    assert [r["index"] for r in sweep.collect(root, env)] == [0]
+    os.environ["SLURM_CONF"], saved = env["SLURM_CONF"], os.environ.get("SLURM_CONF")
+    try:
+        assert sweep.main(["status", str(root)]) == 1  # a failed point; no traceback
+        err = capsys.readouterr().err
+        assert "Slurm is unreachable" in err and "Traceback" not in err
+        assert sweep.main(["collect", str(root)]) == 0
+        assert json.loads(capsys.readouterr().out)[0]["metrics"] == {"uni100": {"HR@10": 0.5}}
+        assert sweep.main(["wait", str(root), "--timeout", "5"]) == 3  # returns at once, says why
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF")
+        else:
+            os.environ["SLURM_CONF"] = saved
+
+
+def test_sacct_lines_give_state_exit_code_elapsed_and_the_largest_steps_maxrss() -> None:
+    from jobs.sweep import parse_sacct
+
+    text = ("12_0|COMPLETED|0:0|00:00:41|\n12_0.batch|COMPLETED|0:0|00:00:41|10480K\n"
+            "12_0.0|COMPLETED|0:0|00:00:39|1.50G\n12_1|FAILED|1:0|00:00:07|\n12_1.0|FAILED|1:0|00:00:06|300M\n"
+            "13|CANCELLED by 0|0:15|00:00:02|\n")
+    assert parse_sacct(text) == {
+        "12_0": {"state": "COMPLETED", "exit_code": "0:0", "elapsed": "00:00:41", "max_rss": "1.50G"},
+        "12_1": {"state": "FAILED", "exit_code": "1:0", "elapsed": "00:00:07", "max_rss": "300M"},
+        "13": {"state": "CANCELLED", "exit_code": "0:15", "elapsed": "00:00:02", "max_rss": ""}}
