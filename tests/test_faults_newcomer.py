@@ -305,3 +305,19 @@ def test_sacct_lines_give_state_exit_code_elapsed_and_the_largest_steps_maxrss()
         "12_0": {"state": "COMPLETED", "exit_code": "0:0", "elapsed": "00:00:41", "max_rss": "1.50G"},
         "12_1": {"state": "FAILED", "exit_code": "1:0", "elapsed": "00:00:07", "max_rss": "300M"},
         "13": {"state": "CANCELLED", "exit_code": "0:15", "elapsed": "00:00:02", "max_rss": ""}}
+
+
+def test_the_local_cluster_with_accounting_points_slurm_at_its_own_slurmdbd() -> None:
+    from dataclasses import replace
+
+    from hybridrec.testbed.slurmconf import build_spec, slurm_conf, slurmdbd_conf
+
+    spec = build_spec("/tmp/x", "host", [20001, 20002, 20003, 20004, 20005])
+    assert "AccountingStorageType=accounting_storage/none" in slurm_conf(spec)
+    acct = replace(spec, dbd_port=20010, db_port=20011)
+    conf = slurm_conf(acct)
+    assert "AccountingStorageType=accounting_storage/slurmdbd" in conf and "AccountingStoragePort=20010" in conf
+    assert f"AccountingStoragePass={spec.munge_socket}" in conf and "JobAcctGatherType=jobacct_gather/linux" in conf
+    dbd = slurmdbd_conf(acct, "pw")
+    assert "DbdPort=20010" in dbd and "StoragePort=20011" in dbd and "StoragePass=pw" in dbd
+    assert f"AuthInfo=socket={spec.munge_socket}" in dbd
