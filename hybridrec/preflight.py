@@ -32,9 +32,13 @@ def validate(cfg: Any, world_size: int) -> ParallelLayout:
     return ParallelLayout.build(cfg.parallel, world_size, cfg.train.global_batch_size)
 
 
-def problems(cfg: Any, world_size: int) -> list[ConfigError]:
-    """Every independent problem found (checks after a failed layout are skipped if they need it)."""
-    return list(_checks(cfg, world_size))
+def problems(cfg: Any, world_size: int, overrides: list[str] | None = None) -> list[ConfigError]:
+    """Every independent problem found (checks after a failed layout are skipped if they need it);
+    `overrides` (the command line's Hydra overrides) adds the checks only their text allows (a rack
+    named twice in `allreduce.racks={...}`, which composing silently drops)."""
+    from hybridrec.config.comm import duplicate_rack_names
+
+    return [*duplicate_rack_names(list(overrides or [])), *_checks(cfg, world_size)]
 
 
 def _guard(check: Callable[[], None]) -> ConfigError | None:
@@ -209,13 +213,14 @@ def _check_train_eval(cfg: Any, layout: ParallelLayout | None, world_size: int) 
 
 
 def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:
-    from hybridrec.config.comm import validate_comm
+    from hybridrec.config.comm import rack_problems, validate_comm
     from hybridrec.distributed.compression import make_codec
 
     comp = cfg.compression
     for err in (_guard(lambda: make_codec(comp)), _guard(lambda: validate_comm(cfg.allreduce, comp, world_size))):
         if err:
             yield err
+    yield from rack_problems(getattr(cfg.allreduce, "racks", None) or {})
     embedding = getattr(cfg, "embedding", None)
     if getattr(embedding, "enabled", False):
         from hybridrec.embedding.groups import validate_config

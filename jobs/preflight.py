@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes the job will have (default: WORLD_SIZE/SLURM_NTASKS or tp*pp*dp)")
     parser.add_argument("--config-name", default="config")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. parallel=pp2 model.num_layers=3")
-    opts = parser.parse_args(argv)
+    opts = parser.parse_intermixed_args(argv)  # options may follow the overrides
 
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"preflight: config does not compose: {err}{cause}", file=sys.stderr)
         return 2
     world = opts.world_size or default_world_size(cfg)
-    found: list[ConfigError] = preflight.problems(cfg, world)
+    found: list[ConfigError] = preflight.problems(cfg, world, opts.overrides)
     if found:
         for err in found:
             print(f"preflight: {err}", file=sys.stderr)

@@ -4,7 +4,10 @@ A point is `queued` or `running` while Slurm lists its job (squeue), `done` when
 summary.json, `failed` with a reason otherwise: the first error a rank reported through submitit
 (its result pickle), Slurm's accounting when there is a slurmdbd (sacct), or "left the queue without a
 result" plus the tail of the job's log. Without slurmdbd (`sacct` fails) the state is inferred from
-result files and squeue alone. The state logic (`point_state`) is pure. `rerun` queues only the failed
+result files and squeue alone; with it every finished point also carries Slurm's own state, exit code,
+elapsed time and MaxRSS (`slurm`). When Slurm cannot be reached at all (the cluster is gone, no
+configuration) `status` and `collect` still answer from the sweep's own files and say so
+(`SlurmUnreachable` note; unfinished points are `unknown`). The state logic (`point_state`) is pure. `rerun` queues only the failed
 points again (`--set key=value` to change their config first). `wait` polls until every point is
 done or failed, printing a line whenever the count of points per state changes.
 """
@@ -49,22 +52,79 @@ def point_state(squeue_state: str | None, summary: Mapping[str, Any] | None, tas
     return "failed", "left the queue without a result" + (f"; log: {log_tail}" if log_tail else "")
 
 
+class SlurmUnreachable(RuntimeError):
+    """squeue could not answer (no controller, no configuration, not installed)."""
+
+
 def _squeue(env: Mapping[str, str] | None) -> dict[str, str]:
     """job id (array ids as 12_3) -> state, for every job Slurm still lists."""
-    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30,
-                          env=dict(env) if env else None, check=False)
+    conf = _slurm_conf(env)
+    if conf is not None and not conf.exists():  # squeue would retry reading it for 60 s
+        raise SlurmUnreachable(f"no Slurm configuration at {conf}")
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=20,
+                              env=dict(env) if env else None, check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SlurmUnreachable(f"squeue: {err}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"squeue failed: {proc.stderr.strip()}")
+        first = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[0]
+        raise SlurmUnreachable(f"squeue failed: {first}")
     return dict(line.split("|", 1) for line in proc.stdout.splitlines() if "|" in line)
 
 
-def _sacct(job_id: str, env: Mapping[str, str] | None) -> str | None:
-    """State from Slurm accounting, or None without slurmdbd ('accounting storage is disabled')."""
-    proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"], capture_output=True,
-                          text=True, timeout=30, env=dict(env) if env else None, check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
+def _slurm_conf(env: Mapping[str, str] | None) -> Path | None:
+    """The slurm.conf the clients would read (None when a configless setup may apply)."""
+    import os
+
+    conf = (env if env is not None else os.environ).get("SLURM_CONF")
+    if conf:
+        return Path(conf)
+    default = Path("/etc/slurm/slurm.conf")
+    return default if not Path("/run/slurm/conf").exists() else None
+
+
+SACCT_FIELDS = ("JobID", "State", "ExitCode", "Elapsed", "MaxRSS")
+
+
+def parse_sacct(text: str) -> dict[str, dict[str, str]]:
+    """`sacct -n -P -o JobID,State,ExitCode,Elapsed,MaxRSS` lines -> {job id: {state, exit_code, elapsed,
+    max_rss}}: state, exit code and elapsed from the job's own line, MaxRSS the largest of its steps'. Pure."""
+    jobs: dict[str, dict[str, str]] = {}
+    rss: dict[str, tuple[float, str]] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) < len(SACCT_FIELDS):
+            continue
+        job_id, state, exit_code, elapsed, max_rss = parts[:5]
+        base, _, step = job_id.partition(".")
+        if not step:
+            jobs[base] = {"state": state.split()[0] if state else "", "exit_code": exit_code, "elapsed": elapsed}
+        size = _rss_bytes(max_rss)
+        if size is not None and size >= rss.get(base, (-1.0, ""))[0]:
+            rss[base] = (size, max_rss)
+    for base, info in jobs.items():
+        info["max_rss"] = rss.get(base, (0.0, ""))[1]
+    return jobs
+
+
+def _rss_bytes(text: str) -> float | None:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", text.strip())
+    if not match:
         return None
-    return proc.stdout.split()[0]
+    return float(match.group(1)) * 1024 ** " KMGT".index(match.group(2) or " ")
+
+
+def _sacct(job_ids: list[str], env: Mapping[str, str] | None) -> dict[str, dict[str, str]]:
+    """Slurm accounting for these jobs, or {} without slurmdbd ('accounting storage is disabled')."""
+    if not job_ids:
+        return {}
+    try:
+        proc = subprocess.run(["sacct", "-n", "-P", "-j", ",".join(job_ids), "-o", ",".join(SACCT_FIELDS)],
+                              capture_output=True, text=True, timeout=30, env=dict(env) if env else None,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return parse_sacct(proc.stdout) if proc.returncode == 0 else {}
 
 
 def _task_errors(folder: Path, job_id: str) -> list[str]:
@@ -110,32 +170,49 @@ def _log_tail(folder: Path, job_id: str, lines: int = 3) -> str:
     return ""
 
 
-def status(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+def status(sweep_dir: Path, env: Mapping[str, str] | None = None,
+           notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """One row per point. When Slurm cannot be reached the rows come from the sweep's files alone
+    (done / failed where they say so, `unknown` otherwise) and a sentence saying so goes to `notes`."""
     manifest = json.loads((Path(sweep_dir) / MANIFEST).read_text())
     folder = Path(manifest["submitit_folder"])
-    queue = _squeue(env)
+    try:
+        queue: dict[str, str] | None = _squeue(env)
+    except SlurmUnreachable as err:
+        queue = None
+        if notes is not None:
+            notes.append(f"Slurm is unreachable ({err}); states from the sweep's files")
+    summaries = {}
+    for point in manifest["points"]:
+        summary_path = Path(point["dir"]) / "summary.json"
+        summaries[point["job_id"]] = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    gone = [p["job_id"] for p in manifest["points"] if queue is not None and p["job_id"] not in queue]
+    accounting = _sacct(gone, env) if gone else {}
     rows = []
     for point in manifest["points"]:
-        job_id = point["job_id"]
-        summary_path = Path(point["dir"]) / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-        in_queue = queue.get(job_id)
+        job_id, summary = point["job_id"], summaries[point["job_id"]]
+        in_queue = queue.get(job_id) if queue is not None else None
         finished = in_queue is None and (summary is None or summary.get("status", "done") != "done")
-        state, reason = point_state(
-            in_queue, summary,
-            _task_errors(folder, job_id) if finished else [],
-            _sacct(job_id, env) if finished else None,
-            _log_tail(folder, job_id) if finished else "",
-        )
-        rows.append({"index": point["index"], "job_id": job_id, "overrides": point["overrides"],
-                     "state": state, "reason": reason, "dir": point["dir"]})
+        errors = _task_errors(folder, job_id) if finished else []
+        slurm = accounting.get(job_id)
+        if queue is None and finished and not errors and (summary is None or summary.get("status") == "preempted"):
+            state, reason = "unknown", "Slurm unreachable and no result in the sweep's files yet"
+        else:
+            state, reason = point_state(in_queue, summary, errors, slurm["state"] if slurm else None,
+                                        _log_tail(folder, job_id) if finished else "")
+        row = {"index": point["index"], "job_id": job_id, "overrides": point["overrides"],
+               "state": state, "reason": reason, "dir": point["dir"]}
+        if slurm:
+            row["slurm"] = slurm
+        rows.append(row)
     return rows
 
 
-def collect(sweep_dir: Path, env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """The summary of every done point, with its overrides and job id."""
+def collect(sweep_dir: Path, env: Mapping[str, str] | None = None,
+            notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """The summary of every done point, with its overrides and job id (from the files when Slurm is gone)."""
     out = []
-    for row in status(sweep_dir, env):
+    for row in status(sweep_dir, env, notes):
         if row["state"] == "done":
             summary = json.loads((Path(row["dir"]) / "summary.json").read_text())
             out.append({"index": row["index"], "job_id": row["job_id"], "overrides": row["overrides"], **summary})
@@ -204,20 +281,24 @@ def wait(sweep_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float
     `report(line)` is called whenever the per-state counts change (progress)."""
     deadline, seen = time.monotonic() + timeout_s, ""
     while True:
-        rows = status(sweep_dir, env)
-        line = progress_line(rows)
+        notes: list[str] = []
+        rows = status(sweep_dir, env, notes)
+        line = "; ".join([progress_line(rows), *notes])
         if report is not None and line != seen:
             report(line)
             seen = line
-        if all(row["state"] in final for row in rows) or time.monotonic() > deadline:
-            return rows
+        if notes or all(row["state"] in final for row in rows) or time.monotonic() > deadline:
+            return rows  # nothing more to learn from an unreachable Slurm
         time.sleep(poll_s)
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         reason = f"  ({row['reason']})" if row["reason"] else ""
-        print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}\t{' '.join(row['overrides'])}")
+        slurm = row.get("slurm")
+        acct = (f"\tslurm {slurm['state']} exit {slurm['exit_code']} elapsed {slurm['elapsed']}"
+                f"{' maxrss ' + slurm['max_rss'] if slurm.get('max_rss') else ''}") if slurm else ""
+        print(f"{row['index']}\t{row['job_id']}\t{row['state']}{reason}{acct}\t{' '.join(row['overrides'])}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,15 +313,18 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.sweep_dir / MANIFEST).exists():
         print(f"no {MANIFEST} in {args.sweep_dir}", file=sys.stderr)
         return 2
+    notes: list[str] = []
     if args.action in ("status", "wait"):
         if args.action == "wait":
             rows = wait(args.sweep_dir, timeout_s=args.timeout, poll_s=5.0,
                         report=lambda line: print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True))
             if not all(row["state"] in FINAL_STATES for row in rows):
-                print(f"still running after {args.timeout:.0f} s", file=sys.stderr)
+                print(f"not finished after {args.timeout:.0f} s (or Slurm unreachable)", file=sys.stderr)
                 return 3
         else:
-            rows = status(args.sweep_dir)
+            rows = status(args.sweep_dir, notes=notes)
+        for note in notes:
+            print(note, file=sys.stderr)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:
@@ -250,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         queued = rerun(args.sweep_dir, overrides=args.set)
         print(f"queued again: {queued}" if queued else "no failed point")
         return 0
-    rows = collect(args.sweep_dir)
+    rows = collect(args.sweep_dir, notes=notes)
+    for note in notes:
+        print(note, file=sys.stderr)
     print(json.dumps(rows, indent=2, default=str))
     return 0
 

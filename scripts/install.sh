@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Install hybridrec and its dependencies into ./.venv (CPU torch), plus Debian's Slurm + munge when root.
+# Install hybridrec and its dependencies into ./.venv (CPU torch), plus Debian's Slurm + munge + slurmdbd on MariaDB (accounting for sacct) when root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmctld >/dev/null; then
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v slurmdbd >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    slurmctld slurmd slurm-client munge iproute2 >/dev/null
+    slurmctld slurmd slurm-client munge iproute2 mariadb-server slurmdbd >/dev/null
 fi
 [ -x .venv/bin/python ] || python3.11 -m venv .venv
 .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true

@@ -50,9 +50,25 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
-    store.store(name="run_schema", node=RunConfig)
+    store.store(name="run_schema", node=_open_mappings(RunConfig, "allreduce."))
     for group, schema in GROUP_SCHEMAS.items():
-        store.store(group=group, name=f"{group}_schema", node=schema)
+        store.store(group=group, name=f"{group}_schema",
+                    node=_open_mappings(schema, "") if group == "allreduce" else schema)
+
+
+def _open_mappings(schema: Any, prefix: str) -> Any:
+    """The schema as a node whose free-form mappings (`allreduce.racks`: rack name -> hosts) accept new
+    keys, so the plain override `allreduce.racks={rack1:[n1,n2],rack2:[n3,n4]}` composes (Hydra's struct
+    mode would otherwise ask for `+allreduce.racks=...`); every other key stays strictly checked."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(schema)
+    for path in OPEN_MAPPINGS:
+        OmegaConf.set_struct(OmegaConf.select(node, prefix + path), False)
+    return node
+
+
+OPEN_MAPPINGS = ("racks",)
 
 
 def to_run_config(cfg: Any) -> RunConfig:

@@ -1,10 +1,14 @@
 """Schemas of the `compression/` and `allreduce/` groups: how data-parallel gradients travel,
-plus `validate_comm` (pure cross-field checks, raising ConfigError)."""
+plus `validate_comm` (pure cross-field checks, raising ConfigError) and `rack_problems` /
+`duplicate_rack_names` (every problem of a configured rack map, before any process starts)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from hybridrec.errors import ConfigError
 
@@ -126,3 +130,73 @@ def validate_comm(allreduce: AllreduceConfig, compression: CompressionConfig, wo
             )
         if allreduce.mode != "sync":
             raise ConfigError("allreduce.mode", allreduce.mode, "'sync' with allreduce.algorithm=megatron")
+
+
+def rack_problems(racks: Mapping[str, Any]) -> list[ConfigError]:
+    """Every problem of an `allreduce.racks` map (rack name -> hostnames): an empty rack, a value that is
+    not a list of hostnames, a host listed twice in one rack, a host in two racks."""
+    found: list[ConfigError] = []
+    rack_of_host: dict[str, str] = {}
+    for rack, hosts in racks.items():
+        key = f"allreduce.racks.{rack}"
+        if not isinstance(hosts, (list, tuple)):
+            found.append(ConfigError(key, hosts, "a list of hostnames, e.g. [n1,n2]"))
+            continue
+        hosts = list(hosts)
+        if not hosts:
+            found.append(ConfigError(key, hosts, "a non-empty list of hostnames (an empty rack has no ranks)"))
+        for host in hosts:
+            if not isinstance(host, str) or not host:
+                found.append(ConfigError(key, host, "hostnames as non-empty strings"))
+            elif rack_of_host.get(host) == rack:
+                found.append(ConfigError(key, host, "each host once in its rack (listed twice)"))
+            elif host in rack_of_host:
+                found.append(ConfigError(key, host, f"each host in one rack (also in '{rack_of_host[host]}')"))
+            else:
+                rack_of_host[host] = rack
+    return found
+
+
+_RACKS_OVERRIDE = re.compile(r"^[+~]*allreduce\.racks=(.*)$", re.DOTALL)
+
+
+def duplicate_rack_names(overrides: list[str]) -> list[ConfigError]:
+    """A rack named twice in a command-line `allreduce.racks={...}` override (Hydra keeps only the last
+    one silently, so this looks at the override's text: top-level keys of the braces)."""
+    found: list[ConfigError] = []
+    for override in overrides:
+        match = _RACKS_OVERRIDE.match(override.strip())
+        if not match or not match.group(1).strip().startswith("{"):
+            continue
+        seen: set[str] = set()
+        for name in _top_level_keys(match.group(1).strip()[1:]):
+            if name in seen:
+                found.append(ConfigError(f"allreduce.racks.{name}", override.split("=", 1)[1],
+                                         f"each rack named once (rack '{name}' is listed twice)"))
+            seen.add(name)
+    return found
+
+
+def _top_level_keys(body: str) -> list[str]:
+    """Keys at depth 0 of a Hydra dict literal's body (the text after its opening brace)."""
+    keys: list[str] = []
+    depth, token, quote = 0, "", ""
+    for char in body:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            if depth == 0:
+                break
+            depth -= 1
+        elif depth == 0 and char in ":,":
+            if char == ":":
+                keys.append(token.strip().strip("'\""))
+            token = ""
+            continue
+        if depth == 0:
+            token += char
+    return keys

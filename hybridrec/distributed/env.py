@@ -2,8 +2,9 @@
 
 Owns `DistEnv` (read once from the environment), the Slurm node-list parser (`expand_nodelist`, the
 pure equivalent of `scontrol show hostnames`), the per-job master port (derived from SLURM_JOB_ID,
-never a fixed port: see NOTES section 2), the default group's backend (asked of `backend`, the one module that names devices) and
-`init_process_group` with a timeout.
+never a fixed port: see NOTES section 2), the default group's backend (asked of `backend`, the one module
+that names devices), `init_process_group` with a timeout, and the per-rank thread count
+(`configure_threads`: SLURM_CPUS_PER_TASK under Slurm, see NOTES section 7).
 
 Precedence: torchrun variables (RANK + WORLD_SIZE) > Slurm variables (SLURM_PROCID + SLURM_NTASKS)
 > a single process. `HYBRIDREC_MASTER_ADDR` / `HYBRIDREC_MASTER_PORT` override the derived master.
@@ -196,3 +197,43 @@ def init_process_group(env: DistEnv, backend: str = "auto", timeout_s: float = 3
         timeout=datetime.timedelta(seconds=timeout_s),
     )
     return chosen
+
+
+def thread_count(environ: Mapping[str, str]) -> tuple[int | None, str]:
+    """(threads per rank, where the number came from); None = leave torch's default.
+
+    Precedence: HYBRIDREC_THREADS > under Slurm SLURM_CPUS_PER_TASK (1 when unset: a task owns one CPU
+    unless `--cpus-per-task` says more; an inherited OMP_NUM_THREADS is not the task's allocation) >
+    OMP_NUM_THREADS (torchrun sets it to 1 per rank) > torch's default (a single process: every core).
+    See NOTES section 7: ranks at torch's default thread count oversubscribe a shared node."""
+    for name in ("HYBRIDREC_THREADS",):
+        if environ.get(name):
+            return _positive(environ, name), name
+    if "SLURM_JOB_ID" in environ and ("SLURM_PROCID" in environ or "SLURM_STEP_ID" in environ):
+        if environ.get("SLURM_CPUS_PER_TASK"):
+            return _positive(environ, "SLURM_CPUS_PER_TASK"), "SLURM_CPUS_PER_TASK"
+        return 1, "Slurm task without SLURM_CPUS_PER_TASK"
+    if environ.get("OMP_NUM_THREADS"):
+        return _positive(environ, "OMP_NUM_THREADS"), "OMP_NUM_THREADS"
+    return None, "torch default"
+
+
+def _positive(environ: Mapping[str, str], name: str) -> int:
+    raw = environ[name].strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(name, raw, "a positive number of threads")
+    return int(raw)
+
+
+def configure_threads(environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """Set this process's torch intra-op thread count (and OMP_NUM_THREADS for its children) from
+    `thread_count`; returns (threads now in use, source). Call once per rank, before any work."""
+    import torch
+
+    env = os.environ if environ is None else environ
+    threads, source = thread_count(env)
+    if threads is not None:
+        torch.set_num_threads(threads)
+        if environ is None:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+    return torch.get_num_threads(), source

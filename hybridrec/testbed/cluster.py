@@ -7,7 +7,13 @@ per run; daemons are recorded by pid in `<base>/cluster.json` as they start, so 
 another process and after a failed `up`. Teardown order: scancel, wait for an empty queue, scontrol
 shutdown, kill leftover slurmstepd of this cluster, then remaining daemons (munged last) by pid.
 
-CLI: `python -m hybridrec.testbed.cluster up|down|status|env [--base DIR] [--racks --rate 100mbit]`.
+Accounting (when MariaDB and slurmdbd are installed, `accounting=None` = auto): a private mariadbd
+(datadir, socket and a TCP port under/for this cluster only), slurmdbd on it, the cluster registered
+with `sacctmgr`, and slurm.conf pointing at it, so `sacct` reports states, exit codes, elapsed times and
+MaxRSS as on a real cluster (and submitit polls without warnings).
+
+CLI: `python -m hybridrec.testbed.cluster up|down|status|env [--base DIR] [--racks --rate 100mbit]
+[--no-accounting]`.
 """
 
 from __future__ import annotations
@@ -33,12 +39,21 @@ from hybridrec.testbed.slurmconf import (
     build_spec,
     node_hosts,
     slurm_conf,
+    slurmdbd_conf,
     topology_conf,
 )
 
 STATE_FILE = "cluster.json"
 DEFAULT_BASE = "/tmp/hybridrec-slurm"
 DAEMONS = ("slurmctld", "slurmd", "munged", "sinfo")
+ACCOUNTING_PROGRAMS = ("mariadbd", "mariadb-install-db", "mariadb", "slurmdbd", "sacctmgr", "sacct")
+
+
+def accounting_available() -> bool:
+    """MariaDB and slurmdbd are installed (scripts/install.sh installs them as root)."""
+    from shutil import which
+
+    return all(which(name) for name in ACCOUNTING_PROGRAMS)
 
 
 def missing_programs() -> list[str]:
@@ -109,7 +124,7 @@ class LocalCluster:
 
     # ----- up -----
     def configure(self, racks: int = 2, nodes_per_rack: int = 2, cpus_per_node: int = 2,
-                  in_racks: bool = False, rate: str = "100mbit") -> ClusterSpec:
+                  in_racks: bool = False, rate: str = "100mbit", accounting: bool | None = None) -> ClusterSpec:
         """Write the cluster's files; with `in_racks` also build the rack testbed (with a host leg)."""
         self.base.mkdir(parents=True, exist_ok=True)
         # munged refuses a socket path without x for everyone on every directory above it
@@ -125,10 +140,16 @@ class LocalCluster:
             fab = self.racks.spec
             extra = {"node_addrs": [fab.addr(n) for n in fab.nodes()], "controller_addr": fab.host_addr,
                      "node_netns": {n: fab.node_ns(n) for n in fab.nodes()}}
-        self.spec = build_spec(str(self.base), socket.gethostname(), free_ports(count + 1), racks,
-                               nodes_per_rack, cpus_per_node=cpus_per_node,
-                               cluster_name=f"hr{secrets.token_hex(3)}", **extra)
-        for stale in ("state", "spool", "run"):  # a new configuration starts from empty controller state
+        ports = free_ports(count + 3)
+        spec = build_spec(str(self.base), socket.gethostname(), ports[:count + 1], racks,
+                          nodes_per_rack, cpus_per_node=cpus_per_node,
+                          cluster_name=f"hr{secrets.token_hex(3)}", **extra)
+        if accounting_available() if accounting is None else accounting:
+            from dataclasses import replace
+
+            spec = replace(spec, dbd_port=ports[count + 1], db_port=ports[count + 2])
+        self.spec = spec
+        for stale in ("state", "spool", "run", "db"):  # a new configuration starts from empty controller state
             shutil.rmtree(self.base / stale, ignore_errors=True)
         for sub in ("etc", "state", "log", "run", *(f"spool/{n.name}" for n in self.spec.nodes)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
@@ -153,6 +174,8 @@ class LocalCluster:
             if self.racks:
                 self.racks.up()
             self._start_munge()
+            if self.spec.dbd_port:  # type: ignore[union-attr]
+                self._start_accounting()
             self._spawn("slurmctld", ["slurmctld", "-D", "-f", self.conf])
             for node in self.spec.nodes:  # type: ignore[union-attr]
                 self._spawn(f"slurmd.{node.name}", self._slurmd_argv(node))
@@ -164,8 +187,8 @@ class LocalCluster:
             raise
         return time.monotonic() - start
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
-        self.pids[name] = daemons.spawn(argv, self.base / "log" / f"{name}.out")
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.pids[name] = daemons.spawn(argv, self.base / "log" / f"{name}.out", env=env)
         self._save()
 
     def _start_munge(self) -> None:
@@ -181,6 +204,43 @@ class LocalCluster:
                                f"--pid-file={munge}/munged.pid", f"--seed-file={munge}/munged.seed"])
         if not daemons.wait_until(lambda: Path(self.spec.munge_socket).exists(), 10):  # type: ignore[union-attr]
             raise daemons.TestbedError(f"munged did not create its socket; see {munge}/munged.log")
+
+    def _start_accounting(self) -> None:
+        """mariadbd (fresh datadir) -> user `slurm` -> slurmdbd -> this cluster registered."""
+        spec = self.spec
+        assert spec is not None
+        db = self.base / "db"
+        sock = db / "mysqld.sock"
+        if not (db / "data" / "mysql").exists():
+            db.mkdir(exist_ok=True)
+            daemons.run(["mariadb-install-db", "--no-defaults", f"--datadir={db}/data", "--user=root",
+                         "--auth-root-authentication-method=socket", "--skip-test-db"], timeout=120)
+        self._spawn("mariadbd", ["mariadbd", "--no-defaults", f"--datadir={db}/data", f"--socket={sock}",
+                                 f"--port={spec.db_port}", "--bind-address=127.0.0.1", "--user=root",
+                                 f"--pid-file={db}/mariadbd.pid", f"--log-error={self.base}/log/mariadbd.log",
+                                 "--skip-log-bin", "--innodb-buffer-pool-size=32M",
+                                 "--innodb-log-file-size=16M", "--performance-schema=off"])
+        client = ["mariadb", "--no-defaults", f"--socket={sock}", "-u", "root"]
+        if not daemons.wait_until(lambda: daemons.run([*client, "-e", "SELECT 1"], check=False,
+                                                      timeout=10).returncode == 0, 60, 0.3):
+            raise daemons.TestbedError(f"mariadbd did not answer; see {self.base}/log/mariadbd.log")
+        password = secrets.token_hex(12)
+        daemons.run([*client, "-e",
+                     (f"CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                     f"ALTER USER 'slurm'@'127.0.0.1' IDENTIFIED BY '{password}'; "
+                     "GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;")])
+        conf = self.base / "etc" / "slurmdbd.conf"
+        conf.write_text(slurmdbd_conf(spec, password))
+        os.chmod(conf, 0o600)
+        self._spawn("slurmdbd", ["slurmdbd", "-D"], env={**os.environ, "SLURM_CONF": self.conf})
+        register = ["sacctmgr", "-i", "add", "cluster", spec.cluster_name]
+        if not daemons.wait_until(lambda: self.run(register, check=False, timeout=15).returncode == 0
+                                  or self._cluster_registered(), 60, 0.5):
+            raise daemons.TestbedError(f"slurmdbd did not register the cluster; see {self.base}/log/slurmdbd.log")
+
+    def _cluster_registered(self) -> bool:
+        proc = self.run(["sacctmgr", "-n", "-P", "show", "cluster", "format=cluster"], check=False, timeout=15)
+        return proc.returncode == 0 and self.spec is not None and self.spec.cluster_name in proc.stdout.split()
 
     def _slurmd_argv(self, node: NodeSpec) -> list[str]:
         hosts = self.base / "etc" / "hosts.nodes"
@@ -264,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus", type=int, default=2, help="CPUs declared per node")
     parser.add_argument("--in-racks", action="store_true", help="run the slurmds in rack namespaces")
     parser.add_argument("--rate", default="100mbit", help="uplink rate with --in-racks ('' = unshaped)")
+    parser.add_argument("--no-accounting", action="store_true",
+                        help="no slurmdbd/MariaDB even when installed (sacct disabled)")
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.base)
     if args.action == "up":
@@ -271,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"already up under {args.base}; run down first", file=sys.stderr)
             return 1
         seconds = cluster.up(racks=args.racks, nodes_per_rack=args.nodes_per_rack, cpus_per_node=args.cpus,
-                             in_racks=args.in_racks, rate=args.rate)
+                             in_racks=args.in_racks, rate=args.rate,
+                             accounting=False if args.no_accounting else None)
         print(f"up in {seconds:.2f} s\n{cluster.status()}\nexport SLURM_CONF={cluster.conf}")
         return 0
     if cluster.spec is None:

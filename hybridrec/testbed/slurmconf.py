@@ -1,5 +1,5 @@
-"""Pure generation of a private Slurm cluster's files: slurm.conf, topology.conf and the hosts file
-seen inside the node namespaces. No processes, no I/O: everything is derived from a `ClusterSpec`."""
+"""Pure generation of a private Slurm cluster's files: slurm.conf, topology.conf, the hosts file
+seen inside the node namespaces and, with accounting, slurmdbd.conf (slurmdbd on a private MariaDB). No processes, no I/O: everything is derived from a `ClusterSpec`."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ class ClusterSpec:
     partition: str = "debug"
     # names of network namespaces the slurmds live in (rack testbed), "" when they share the host's
     node_netns: dict[str, str] = field(default_factory=dict)
+    # accounting: slurmdbd's port and its MariaDB's (0 = no accounting, sacct disabled)
+    dbd_port: int = 0
+    db_port: int = 0
 
     def __post_init__(self) -> None:
         if not self.nodes:
@@ -115,9 +118,43 @@ def hostlist(names: list[str]) -> str:
     return f"{prefix}[{','.join(parts)}]"
 
 
+def accounting_lines(spec: ClusterSpec) -> list[str]:
+    """slurm.conf lines for slurmdbd accounting: job states, exit codes, elapsed time and (sampled
+    every 2 s from /proc) MaxRSS per step, as `sacct` shows them on a real cluster."""
+    return ["JobAcctGatherType=jobacct_gather/linux",
+            "JobAcctGatherFrequency=task=2",
+            "AccountingStorageType=accounting_storage/slurmdbd",
+            "AccountingStorageHost=127.0.0.1",
+            f"AccountingStoragePort={spec.dbd_port}",
+            # clients authenticate to slurmdbd through this munge socket (AuthInfo is not used there)
+            f"AccountingStoragePass={spec.munge_socket}"]
+
+
+def slurmdbd_conf(spec: ClusterSpec, db_password: str) -> str:
+    """slurmdbd.conf (mode 0600, beside slurm.conf: slurmdbd finds it through SLURM_CONF): slurmdbd on 127.0.0.1:`dbd_port`, storing into the private MariaDB
+    on 127.0.0.1:`db_port` as user `slurm`."""
+    b = spec.base
+    return "\n".join([
+        "AuthType=auth/munge",
+        f"AuthInfo=socket={spec.munge_socket}",
+        "DbdHost=localhost",
+        "DbdAddr=127.0.0.1",
+        f"DbdPort={spec.dbd_port}",
+        "SlurmUser=root",
+        f"PidFile={b}/run/slurmdbd.pid",
+        f"LogFile={b}/log/slurmdbd.log",
+        "StorageType=accounting_storage/mysql",
+        "StorageHost=127.0.0.1",
+        f"StoragePort={spec.db_port}",
+        "StorageUser=slurm",
+        f"StoragePass={db_password}",
+        "StorageLoc=slurm_acct_db",
+    ]) + "\n"
+
+
 def slurm_conf(spec: ClusterSpec) -> str:
     """slurm.conf for the private cluster: everything under `spec.base`, munge on a private socket,
-    tree topology, no accounting (there is no slurmdbd)."""
+    tree topology, accounting through slurmdbd when `spec.dbd_port` is set (none otherwise)."""
     b = spec.base
     ctl = spec.controller_host
     if spec.controller_addr not in ("", "127.0.0.1"):
@@ -150,8 +187,8 @@ def slurm_conf(spec: ClusterSpec) -> str:
         "ReturnToService=2",
         "JobRequeue=1",
         "KillWait=5",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
+        *(accounting_lines(spec) if spec.dbd_port else ["JobAcctGatherType=jobacct_gather/none",
+                                                         "AccountingStorageType=accounting_storage/none"]),
         "JobCompType=jobcomp/none",
         "TopologyPlugin=topology/tree",
     ]

@@ -8,7 +8,8 @@ Layout on disk (every file written atomically through `hybridrec.io`):
     <root>/step_00000040/manifest.json  step, world size, layout, model shape, file list (rank 0, last)
     <root>/latest                       name of the newest complete checkpoint (rank 0, after manifest)
 
-A checkpoint counts only once its manifest exists. `load_full_state` rebuilds full (tp-unsliced)
+A checkpoint counts only once its manifest exists and every rank file it lists is whole; `latest` falls
+back past a torn one (a file truncated or corrupted after the save) to the newest complete one. `load_full_state` rebuilds full (tp-unsliced)
 tensors by global parameter name from the dp-rank-0 files, so a run with any layout can be evaluated
 on one process.
 """
@@ -16,9 +17,13 @@ on one process.
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import random
-from dataclasses import asdict
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,13 +103,91 @@ def remove_leftover_temporaries(root: str | Path) -> list[Path]:
     return leftovers
 
 
-def latest(root: str | Path) -> Path | None:
-    """Newest complete checkpoint under `root` (None if there is none)."""
-    pointer = Path(root) / LATEST
+def latest(root: str | Path, on_torn: Callable[[Path, str], None] | None = None) -> Path | None:
+    """Newest complete checkpoint under `root` (None if there is none).
+
+    The `latest` pointer names the newest save; when that one (or the next older) is torn (a rank file
+    missing, truncated or corrupt, or the manifest unreadable) the newest older complete one is returned
+    and `on_torn(step_dir, reason)` is called for each torn one skipped (default: one line on stderr from
+    rank 0, once per directory and process)."""
+    found = find_resumable(root)
+    report = on_torn or _report_torn
+    for ckpt, reason in found.torn:
+        report(ckpt, reason)
+    return found.checkpoint
+
+
+@dataclass
+class Resumable:
+    """`checkpoint`: the newest complete checkpoint (or None); `torn`: newer ones skipped, with why."""
+
+    checkpoint: Path | None
+    torn: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def find_resumable(root: str | Path) -> Resumable:
+    """Walk back from the `latest` pointer through older `step_*` directories to the first complete one.
+
+    Step directories newer than the pointer are saves that did not finish (their pointer was never
+    written) and are not considered; one without a manifest below the pointer is a save killed before
+    it completed and is skipped silently, except the pointer's own (it must have had one)."""
+    root = Path(root)
+    pointer = root / LATEST
     if not pointer.exists():
-        return None
-    ckpt = Path(root) / pointer.read_text().strip()
-    return ckpt if (ckpt / MANIFEST).exists() else None
+        return Resumable(None)
+    named = root / pointer.read_text().strip()
+    newest = _step_of(named)
+    steps = sorted((d for d in root.glob("step_*") if d.is_dir() and _step_of(d) is not None
+                    and newest is not None and _step_of(d) <= newest), key=_step_of, reverse=True)
+    if named not in steps:
+        steps.insert(0, named)
+    torn: list[tuple[Path, str]] = []
+    for ckpt in steps:
+        if not (ckpt / MANIFEST).exists() and ckpt != named:
+            continue
+        reason = incomplete_reason(ckpt)
+        if reason is None:
+            return Resumable(ckpt, torn)
+        torn.append((ckpt, reason))
+    return Resumable(None, torn)
+
+
+def incomplete_reason(ckpt: str | Path) -> str | None:
+    """None if the manifest reads and every rank file it lists is in place and whole (every zip member's
+    CRC checks, so a truncated or bit-flipped torch.save file is caught without unpickling it)."""
+    ckpt = Path(ckpt)
+    try:
+        manifest = read_manifest(ckpt)
+    except DataError as err:
+        return str(err)
+    for entry in manifest.get("files", []):
+        path = ckpt / entry["file"]
+        if not path.exists():
+            return f"{path}: missing"
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            return f"{path}: truncated or corrupt ({err})"
+        if bad is not None:
+            return f"{path}: corrupt (CRC mismatch in {bad})"
+    return None
+
+
+def _step_of(ckpt: Path) -> int | None:
+    name = ckpt.name
+    return int(name[5:]) if name.startswith("step_") and name[5:].isdigit() else None
+
+
+_REPORTED: set[str] = set()
+
+
+def _report_torn(ckpt: Path, reason: str) -> None:
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    if rank != 0 or str(ckpt) in _REPORTED:
+        return
+    _REPORTED.add(str(ckpt))
+    print(f"checkpoint {ckpt} is torn, not resuming from it: {reason}", file=sys.stderr, flush=True)
 
 
 def read_manifest(ckpt: str | Path) -> dict[str, Any]:
