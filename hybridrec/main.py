@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from hybridrec.config import RunConfig
-from hybridrec.io import atomic_write_json
+from hybridrec.io import atomic_write_json, keep_previous
 from hybridrec.train.preemption import Preempted
 
 SUMMARY = "summary.json"
@@ -36,6 +36,7 @@ def _say(rank: int) -> Any:
 
 
 def _train_and_evaluate(job: Any, summary: dict[str, Any]) -> None:
+    from hybridrec.data.skips import skipped_counts
     from hybridrec.train import evaluate, hooks, run_loop
     from hybridrec.train import job as job_mod
 
@@ -52,7 +53,7 @@ def _train_and_evaluate(job: Any, summary: dict[str, Any]) -> None:
     if job.cfg.train.save_final:
         summary["checkpoint"] = str(job.save())
     summary["data"] = {"num_users": job.data.num_users, "num_items": job.data.num_items,
-                       "vocab_size": job.shape.vocab_size}
+                       "vocab_size": job.shape.vocab_size, "skipped": skipped_counts(job.data.stats)}
     summary["threads_per_rank"] = torch.get_num_threads()
 
 
@@ -82,6 +83,7 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         summary["wall_s"] = time.perf_counter() - start
         rank = job.rank if job is not None else 0
         if rank == 0 and cfg.output_dir and summary["status"] != "preempted":
+            keep_previous(Path(cfg.output_dir) / SUMMARY)  # an earlier attempt's becomes summary.attempt<n>.json
             atomic_write_json(Path(cfg.output_dir) / SUMMARY, summary)
         if job is not None:
             job.close(summary["status"])

@@ -71,9 +71,9 @@ def _print_result(summary: dict, out: Path) -> None:
     """The metrics table (model row, then the most-popular baseline's) and where the summary went."""
     base = summary.get("baseline_most_popular", {})
     for protocol, row in summary.get("metrics", {}).items():
-        print(f"{protocol:7s} model         " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
+        print(f"{protocol:9s} model         " + "  ".join(f"{k} {v:.4f}" for k, v in row.items()), flush=True)
         if protocol in base:
-            print(f"{protocol:7s} most-popular  " + "  ".join(f"{k} {base[protocol].get(k, float('nan')):.4f}"
+            print(f"{protocol:9s} most-popular  " + "  ".join(f"{k} {base[protocol].get(k, float('nan')):.4f}"
                                                             for k in row), flush=True)
     skipped = summary.get("data", {}).get("skipped") or {}
     if any(skipped.values()):

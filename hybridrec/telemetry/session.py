@@ -45,6 +45,7 @@ class Telemetry:
         tel = job.cfg.telemetry
         if not tel.enabled:
             return
+        from hybridrec.io import keep_previous
         from hybridrec.telemetry.nvml import UtilizationSampler, visible_gpu_ids
         from hybridrec.telemetry.recorder import RunRecorder, rank_file, run_metadata
 
@@ -53,7 +54,9 @@ class Telemetry:
         meta = run_metadata(config=dataclasses.asdict(job.cfg), layout=job.layout.to_dict(),
                             topology=dataclasses.asdict(job.comm.rack_map), rank=job.rank,
                             world_size=job.layout.world_size, balance=job.balance)
-        self.recorder = RunRecorder(rank_file(job.out, job.rank), meta, flush_every=tel.flush_every_steps,
+        path = rank_file(job.out, job.rank)
+        keep_previous(path)  # an earlier attempt's file is kept as rank<k>.attempt<n>.h5, never overwritten
+        self.recorder = RunRecorder(path, meta, flush_every=tel.flush_every_steps,
                                     sampler=sampler)
         if sampler is not None:
             sampler.start()

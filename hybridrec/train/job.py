@@ -168,6 +168,11 @@ def build_job(job: Job, say: Any = print) -> Job:
     cfg = job.cfg
     # data before megatron's groups: the adaptive plan profiles the model at the real vocabulary
     job.data = _load_data(cfg, job.rank)
+    from hybridrec.data.skips import skip_message
+
+    skipped = skip_message(job.data.stats)
+    if skipped:
+        say(skipped)
     job.shape = sasrec.ModelShape(
         sasrec.padded_vocab_size(job.data.num_items, cfg.model.vocab_pad_multiple, job.layout.tp),
         cfg.data.max_seq_len, job.data.num_items)
