@@ -12,7 +12,6 @@ decode (unpack + decode); `wire_ratio` = wire bytes / input bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hybridrec.config.comm import CompressionConfig  # noqa: E402
-from hybridrec.distributed import backend  # noqa: E402
-from hybridrec.distributed.compression import CODECS, pack, unpack  # noqa: E402
-from hybridrec.io import atomic_write_json  # noqa: E402
+from hybridrec.config.comm import CompressionConfig
+from hybridrec.distributed import backend
+from hybridrec.distributed.compression import CODECS, pack, unpack
+from hybridrec.io import atomic_write_json
 
 
 def best_seconds(fn, repeats: int) -> float:
