@@ -215,7 +215,7 @@ class ShardedEmbedding(torch.nn.Module):
     def _union_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Sorted union of the local rows touched on any replica (all-gather of padded ids)."""
         m = self.groups.num_replicas
-        count = rows.new_tensor([rows.numel()], dtype=torch.int64)
+        count = rows.new_full((1,), rows.numel(), dtype=torch.int64)
         counts = [torch.empty_like(count) for _ in range(m)]
         dist.all_gather(counts, count, group=self.pgs.replica)
         longest = max(int(c) for c in counts)

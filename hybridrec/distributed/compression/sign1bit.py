@@ -11,12 +11,11 @@ import torch
 from hybridrec.distributed.compression.base import Payload, ceil_div
 from hybridrec.errors import ConfigError
 
-_BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
-
 
 def _bit_weights(like: torch.Tensor) -> torch.Tensor:
-    """The bit weights on `like`'s device (8 bytes; `new_tensor` keeps them off the host on GPU runs)."""
-    return like.new_tensor(_BIT_WEIGHTS, dtype=torch.uint8)
+    """128, 64, ..., 1 made from `like` on its device: no host tensor, no host-to-device copy, and no
+    bare factory (GradSync's async worker thread runs codecs too)."""
+    return (2 ** (8 - like.new_ones(8, dtype=torch.int64).cumsum(0))).to(torch.uint8)
 
 
 class SignCodec:
