@@ -203,11 +203,12 @@ def worker(steps: int, step_seconds: float, timeout_s: float) -> int:
     import torch
     import torch.distributed as dist
 
+    from hybridrec.distributed import backend
     from hybridrec.distributed.env import DistEnv, init_process_group
 
     spec = from_env()
     env = DistEnv.from_environ()
-    init_process_group(env, "gloo", timeout_s=timeout_s)
+    init_process_group(env, backend.CPU_BACKEND, timeout_s=timeout_s)  # a CPU step loop
     rank = dist.get_rank()
     step = 0
     try:

@@ -81,6 +81,6 @@ def build_comm(cfg: Any, layout: Any, rank: int) -> Comm:
     from hybridrec.distributed.grad_sync import GradSync
     from hybridrec.distributed.megatron_grad_hook import make_finalize_model_grads
 
-    groups = build_comm_groups(layout.groups("dp"), rack_map, rank)
+    groups = build_comm_groups(layout.groups("dp"), rack_map, rank, cpu_staging=cfg.allreduce.cpu_staging)
     sync = GradSync.from_config(groups, cfg.allreduce, cfg.compression, ByteCounter(rack_map, rank))
     return Comm(rack_map, sync, make_finalize_model_grads(sync))
