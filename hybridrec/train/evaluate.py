@@ -20,9 +20,16 @@ def evaluate(job: Any) -> dict[str, Any]:
                  for p in cfg.protocols if p != "full"}
     eval_set = ranking.EvalSet(torch.from_numpy(inputs.astype(np.int64)),
                                torch.from_numpy(targets.astype(np.int64)), negatives)
-    ranks = ranking.ranks(job.trainer.chunks, eval_set, list(cfg.protocols), data.num_items, cfg.batch_size,
-                          exclude_history=cfg.exclude_history, mask_padding_keys=job.cfg.model.mask_padding_keys,
-                          device=job.device)
+    if getattr(job, "table", None) is not None:  # the 2D item table: counts per shard of each sharding group
+        from hybridrec.embedding.trainer_eval import ranks_2d
+
+        ranks = ranks_2d(job.trainer.chunks[0], job.table, eval_set, list(cfg.protocols), cfg.batch_size,
+                         exclude_history=cfg.exclude_history, mask_padding_keys=job.cfg.model.mask_padding_keys,
+                         device=job.device)
+    else:
+        ranks = ranking.ranks(job.trainer.chunks, eval_set, list(cfg.protocols), data.num_items, cfg.batch_size,
+                              exclude_history=cfg.exclude_history, mask_padding_keys=job.cfg.model.mask_padding_keys,
+                              device=job.device)
     out: dict[str, Any] = {"metrics": ranking.hit_ndcg_table(ranks, cfg.k)}
     if cfg.baseline:
         from hybridrec.eval.popularity import most_popular_metrics
