@@ -35,7 +35,6 @@ def torchrun_job(out: Path, nproc: int, extra: list[str], cache: Path) -> dict:
     return summary
 
 
-@pytest.mark.slow
 def test_replicated_table_on_adam_reproduces_the_megatron_table_loss_curve(tmp_path: Path) -> None:
     steps = ["train.steps=6", "train.save_final=false"]
     ref = torchrun_job(tmp_path / "off", 2, [*steps, "embedding=off"], tmp_path / "cache")
