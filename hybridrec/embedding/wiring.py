@@ -11,8 +11,13 @@ from typing import Any
 def build_table(job: Any) -> Any:
     """The rank's `TrainerTable` for the job's data and model (collective over the world)."""
     from hybridrec.embedding.trainer_table import ItemVocab, TrainerTable
+    from hybridrec.errors import ConfigError
 
     cfg = job.cfg
+    if job.device.type != "cpu":  # ShardedEmbedding's exchange buffers are CPU tensors (gloo) for now
+        raise ConfigError("train.device", job.device.type,
+                          "cpu with embedding.enabled=true (the 2D table's all-to-all and scoring buffers are "
+                          "CPU/gloo tensors; the device-agnostic exchange is issue 14's)")
     vocab = ItemVocab(job.shape.num_items, job.shape.vocab_size)
     return TrainerTable(cfg.embedding, cfg.train, vocab, cfg.model.hidden_size, job.rank, job.env.world_size,
                         rack_map=job.comm.rack_map, allreduce=cfg.allreduce, compression=cfg.compression,
