@@ -54,6 +54,7 @@ def run_job(name: str, overrides: list[str], args: argparse.Namespace, out: Path
            f"parallel.micro_batch_size={args.global_batch // args.world}", f"train.lr={args.lr}",
            f"embedding.lr={args.table_lr}", "train.clip_grad=0", "train.save_final=false", "telemetry=off",
            "eval.protocols=[full,uni100]", "eval.baseline=false", f"train.log_every={args.train_steps}",
+           f"train.seed={1234 + args.seed}", f"model.init_seed={args.seed}",
            *overrides, f"hydra.run.dir={run_dir}", f"data.cache_dir={args.cache_dir or out / 'cache'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
@@ -73,7 +74,7 @@ def run_job(name: str, overrides: list[str], args: argparse.Namespace, out: Path
         "scoring_bytes_per_step": emb.get("scoring_bytes_per_step_mean", 0.0),
         "replica_bytes_per_step": emb.get("replica_sync_bytes_per_step_mean", 0.0),
         "step_s": summary["train_s"] / max(summary["steps"], 1),
-        "final_loss": summary["loss_curve"][-1][1],
+        "final_loss": summary["loss_curve"][-1][1], "seed": args.seed,
         "HR@10": summary["metrics"]["uni100"]["HR@10"], "NDCG@10": summary["metrics"]["uni100"]["NDCG@10"],
         "HR@10_full": summary["metrics"]["full"]["HR@10"], "num_items": summary["data"]["num_items"],
     }
@@ -85,16 +86,16 @@ def _hidden(summary: dict) -> int:
 
 def print_results(results: list[dict], args: argparse.Namespace) -> None:
     ref = next((r for r in results if r["layout"] == "e1"), results[0])
-    print(f"\nTrainer mode: {args.data}, {args.model}, {args.world} ranks (auto_dp), {args.train_steps} steps x "
+    print(f"\nTrainer mode: {args.data}, {args.model}, seed {args.seed}, {args.world} ranks (auto_dp), {args.train_steps} steps x "
           f"{args.global_batch}, dense lr {args.lr}, table lr {args.table_lr} (row-wise AdaGrad); uni100 test")
     print("| layout | E | M | table optimizer | rows/rank | table params+state / rank | all-to-all B/step (bound) "
-          "| scoring B/step | replica B/step | step s | HR@10 | NDCG@10 | dHR@10 vs e1 | HR@10 full |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "| scoring B/step | replica B/step | step s | final train loss | HR@10 | NDCG@10 | dHR@10 vs e1 | HR@10 full |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         opt = r["optimizer"] + (f" c={r['momentum_scale']:g}" if r["momentum_scale"] not in (None, 1.0) else "")
         print(f"| {r['layout']} | {r['E']} | {r['M']} | {opt} | {r['rows_per_rank']:,} | {mib(r['table_bytes_per_rank'])} "
               f"| {r['alltoall_bytes_per_step']:,.0f} ({r['alltoall_bound']:,}) | {r['scoring_bytes_per_step']:,.0f} "
-              f"| {r['replica_bytes_per_step']:,.0f} | {r['step_s']:.3f} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} "
+              f"| {r['replica_bytes_per_step']:,.0f} | {r['step_s']:.3f} | {r['final_loss']:.4f} | {r['HR@10']:.4f} | {r['NDCG@10']:.4f} "
               f"| {r['HR@10'] - ref['HR@10']:+.4f} | {r['HR@10_full']:.4f} |")
 
 
@@ -128,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, default=0.005)
     group.add_argument("--table-lr", type=float, default=0.05)
     group.add_argument("--layouts", default="e1,e2,e2_plain,full")
+    group.add_argument("--seed", type=int, default=0, help="every run: train.seed=1234+seed (batches), model.init_seed=seed (weights); 0 = the defaults")
     group.add_argument("--run-dir", default="", help="keep the runs here (default: a temporary directory)")
     group.add_argument("--timeout", type=float, default=3600)
     group.add_argument("--scale-batch-per-rank", type=int, default=128)

@@ -64,6 +64,21 @@ def test_four_ranks_two_d_table_holds_half_the_rows_and_resumes_exactly(tmp_path
     assert full["loss_curve"][-1][1] < full["loss_curve"][0][1]
     assert 0.0 < full["metrics"]["uni100"]["HR@10"] <= 1.0
 
+    # weights mode: after every step the replicas of a shard (ranks 0 and 2; 1 and 3) hold the same rows
+    # and AdaGrad accumulators; the shards of one group (ranks 0 and 1) hold different rows
+    import torch
+
+    from hybridrec.train import checkpoint
+
+    for step in (2, 4):
+        ckpt = checkpoint.step_dir(tmp_path / "full" / "checkpoints", step)
+        tables = [torch.load(checkpoint.rank_file(ckpt, r), weights_only=False)["extra"]["embedding_table"]
+                  for r in range(4)]
+        for a, b in ((0, 2), (1, 3)):
+            assert torch.equal(tables[a]["weight"], tables[b]["weight"])
+            assert torch.equal(tables[a]["optimizer"]["state"][0]["sum"], tables[b]["optimizer"]["state"][0]["sum"])
+        assert tables[0]["weight"].shape[0] + tables[1]["weight"].shape[0] == items
+
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", resumed_dir / "step_00000002")
     resumed = torchrun_job(resumed_dir / "run", 4, [*run, f"train.resume={resumed_dir / 'step_00000002'}"], cache)
