@@ -78,6 +78,12 @@ def test_four_ranks_two_d_table_holds_half_the_rows_and_resumes_exactly(tmp_path
             assert torch.equal(tables[a]["weight"], tables[b]["weight"])
             assert torch.equal(tables[a]["optimizer"]["state"][0]["sum"], tables[b]["optimizer"]["state"][0]["sum"])
         assert tables[0]["weight"].shape[0] + tables[1]["weight"].shape[0] == items
+    # one-process reassembly of the unsharded word embedding: modulo rows, shard 1 holds ids 2, 4, 6, ...
+    from hybridrec.embedding.checkpoint_table import full_word_embedding
+
+    word = full_word_embedding(ckpt)
+    assert tuple(word.shape) == (full["data"]["vocab_size"], 32)
+    assert torch.equal(word[2:items + 1:2], tables[1]["weight"]) and torch.equal(word[1:items + 1:2], tables[0]["weight"])
 
     resumed_dir = tmp_path / "resumed"
     shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", resumed_dir / "step_00000002")
