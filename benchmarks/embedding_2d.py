@@ -10,6 +10,11 @@ measured peak RSS), the median step time, and the all-to-all / replica bytes per
 with the unsharded baseline and 2D layouts and prints HR@10 / NDCG@10.
 
     .venv/bin/python benchmarks/embedding_2d.py --rows 5000000 --dim 64 --group-sizes 4,2
+
+`--trainer` (benchmarks/embedding_2d_trainer.py): the same comparison through the real job
+(jobs.train_job under torchrun, the 2D table as the trainer's item table): per-rank table memory,
+step time and HR@10 for replicated, E=2 and full sharding in one run, plus the 5M x 64 per-rank
+memory from the trainer's own accounting.
 """
 
 from __future__ import annotations
@@ -160,8 +165,21 @@ def main() -> None:
     parser.add_argument("--quality-steps", type=int, default=300)
     parser.add_argument("--cache-dir", default="")
     parser.add_argument("--out", default="", help="write all figures here as JSON")
+    parser.add_argument("--trainer", action="store_true",
+                        help="trainer mode: the 2D table as the job's item table (benchmarks/embedding_2d_trainer.py)")
+    try:
+        from benchmarks.embedding_2d_trainer import add_arguments, run_trainer
+    except ImportError:  # run as a script from another directory: its own folder is on sys.path
+        from embedding_2d_trainer import add_arguments, run_trainer
+
+    add_arguments(parser)
     args = parser.parse_args()
     report: dict = {"args": vars(args)}
+    if args.trainer:
+        report.update(run_trainer(args))
+        if args.out:
+            atomic_write_json(args.out, report)
+        return
     if not args.quality_only:
         report["layouts"] = [run_layout(args, int(e)) for e in args.group_sizes.split(",")]
         print_table(report["layouts"], args)

@@ -55,6 +55,10 @@ def _train_and_evaluate(job: Any, summary: dict[str, Any]) -> None:
     summary["data"] = {"num_users": job.data.num_users, "num_items": job.data.num_items,
                        "vocab_size": job.shape.vocab_size, "skipped": skipped_counts(job.data.stats)}
     summary["threads_per_rank"] = torch.get_num_threads()
+    if job.table is not None:  # the 2D item table (issue 15)
+        from hybridrec.embedding.wiring import summary_record
+
+        summary["embedding"] = summary_record(job)
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:

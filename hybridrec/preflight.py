@@ -228,11 +228,9 @@ def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
         err = _guard(lambda: validate_config(embedding, world_size))
         if err:
             yield err
-        # the 2D table is its own module (benchmarks/embedding_2d.py, hybridrec.embedding.quality);
-        # the megatron trainer still uses megatron's vocab-parallel table, so refuse rather than ignore
-        yield ConfigError("embedding.enabled", True,
-                          "false for jobs.train_job: the 2D sparse-parallel table is not yet wired into the "
-                          "megatron trainer (use benchmarks/embedding_2d.py or hybridrec.embedding directly)")
+        from hybridrec.embedding.groups import job_refusals
+
+        yield from job_refusals(cfg)
 
 
 def _check_telemetry(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:

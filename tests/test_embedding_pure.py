@@ -57,7 +57,8 @@ def test_config_validation_and_auto_momentum_scale():
     assert momentum_scale(cfg, groups) == 4.0  # M = 8 / 2
     assert momentum_scale(EmbeddingConfig(group_size=2, replica_sync="grad"), groups) == 1.0
     assert momentum_scale(EmbeddingConfig(optimizer="rowwise_adagrad", replica_sync="weights"), groups) == 1.0
-    for bad in ({"replica_sync": "x"}, {"optimizer": "adam"}, {"row_sharding": "hash"}, {"lr": 0.0}):
+    assert momentum_scale(EmbeddingConfig(optimizer="adam", replica_sync="weights"), groups) == 1.0  # the trainer's Adam-equivalent setting
+    for bad in ({"replica_sync": "x"}, {"optimizer": "sgd"}, {"row_sharding": "hash"}, {"lr": 0.0}):
         with pytest.raises(ConfigError):
             validate_config(EmbeddingConfig(**bad), 8)
 

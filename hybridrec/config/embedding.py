@@ -8,6 +8,7 @@ from dataclasses import dataclass
 @dataclass
 class EmbeddingConfig:
     # off: the item table stays megatron's (vocab-parallel over tp); on: hybridrec.embedding owns it
+    # (the job: parallel=auto_dp / dpN with item ids; preflight names the combinations it refuses)
     enabled: bool = False
     # E: ranks a copy of the table is row-sharded over; 0 = world size (full sharding), 1 = replication
     group_size: int = 0
@@ -19,7 +20,8 @@ class EmbeddingConfig:
     # grad: average row gradients across replicas before the step (= unsharded training)
     # weights: each replica group steps locally, then touched rows + accumulators are averaged (paper)
     replica_sync: str = "grad"
-    # rowwise_adagrad | momentum_scaled_rowwise_adagrad
+    # rowwise_adagrad | momentum_scaled_rowwise_adagrad | adam (the job's table only: AdamW with the dense
+    # model's train.lr / betas / eps / weight_decay, the setting that reproduces embedding=off at E=1)
     optimizer: str = "momentum_scaled_rowwise_adagrad"
     lr: float = 0.05
     eps: float = 1e-8

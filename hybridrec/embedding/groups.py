@@ -142,7 +142,7 @@ class RowSharding:
         return local * self.num_shards + shard if self.scheme == "modulo" else local + shard * self.block
 
 
-OPTIMIZERS = ("rowwise_adagrad", "momentum_scaled_rowwise_adagrad")
+OPTIMIZERS = ("rowwise_adagrad", "momentum_scaled_rowwise_adagrad", "adam")
 SYNC_MODES = ("grad", "weights")
 
 
@@ -168,8 +168,39 @@ def momentum_scale(cfg, groups: EmbeddingGroups) -> float:
     Auto (0) is M = world / E under replica_sync=weights (each replica steps on 1/M of the batch)
     and 1 under replica_sync=grad (the averaged gradient is the full batch's: nothing to correct).
     """
-    if cfg.optimizer == "rowwise_adagrad":
+    if cfg.optimizer in ("rowwise_adagrad", "adam"):
         return 1.0
     if cfg.momentum_scale > 0:
         return float(cfg.momentum_scale)
     return float(groups.num_replicas) if cfg.replica_sync == "weights" else 1.0
+
+
+def job_refusals(cfg) -> list[ConfigError]:
+    """Combinations the job's 2D table does not support yet, each named (a `RunConfig`; pure).
+
+    The trainer wiring (hybridrec.embedding.wiring) covers data parallelism (tp = pp = 1) with
+    item ids; the table on the first and last pipeline stages, vocab-parallel scoring under tp and
+    text-fused item rows are not built."""
+    par, out = cfg.parallel, []
+    why = "the 2D item table (embedding.enabled=true) runs with parallel=auto_dp / dpN only"
+    for name in ("tp", "pp", "vpp"):
+        if getattr(par, name) != 1:
+            out.append(ConfigError(f"parallel.{name}", getattr(par, name),
+                                   f"1 with embedding.enabled=true: {why} (tp x pp x dp with the table on the "
+                                   "first/last stages is not built; use embedding=off for tp/pp layouts)"))
+    if cfg.model.item_repr != "id":
+        out.append(ConfigError("model.item_repr", cfg.model.item_repr,
+                               "'id' with embedding.enabled=true: item text (text / text+id) fuses an encoder "
+                               "into the item rows, which the row-sharded table does not do; use embedding=off"))
+    if getattr(par, "balance", "uniform") != "uniform":
+        out.append(ConfigError("parallel.balance", par.balance, "uniform with embedding.enabled=true (no pipeline)"))
+    if str(getattr(cfg.allreduce, "mode", "sync")) != "sync":
+        out.append(ConfigError("allreduce.mode", str(cfg.allreduce.mode),
+                               "sync with embedding.enabled=true (the table's replica sync is synchronous; "
+                               "embedding.replica_sync=weights is its local-step mode)"))
+    train = cfg.train
+    if getattr(train, "eval_every", 0) > 0 and getattr(train, "keep_best", False):
+        out.append(ConfigError("train.keep_best", True,
+                               "false with embedding.enabled=true and train.eval_every > 0: the best-validation "
+                               "weights are kept for the dense model only, not for the table's rows"))
+    return out

@@ -54,17 +54,38 @@ def build_eval_set(data: ProcessedData, split: str, max_len: int, protocols: Seq
 
 def model_metrics(chunks: Sequence[torch.nn.Module], eval_set: EvalSet, protocols: Sequence[str], num_items: int,
                   ks: Sequence[int], batch_size: int, *, exclude_history: bool, mask_padding_keys: bool,
-                  device: torch.device | None = None) -> dict[str, dict[str, float]]:
-    """{protocol: {"HR@k", "NDCG@k"}} of the model; collective (every rank calls it, same result)."""
+                  device: torch.device | None = None, table: Any = None) -> dict[str, dict[str, float]]:
+    """{protocol: {"HR@k", "NDCG@k"}} of the model; collective (every rank calls it, same result).
+    `table`: the job's 2D item table (`embedding.enabled`): each shard counts its items above the target."""
     from hybridrec.eval import ranking
 
-    ranks = ranking.ranks(chunks, eval_set, list(protocols), num_items, batch_size, exclude_history=exclude_history,
-                          mask_padding_keys=mask_padding_keys, device=device)
+    if table is None:
+        ranks = ranking.ranks(chunks, eval_set, list(protocols), num_items, batch_size,
+                              exclude_history=exclude_history, mask_padding_keys=mask_padding_keys, device=device)
+    else:
+        ranks = _ranks_2d(chunks, table, eval_set, protocols, batch_size, exclude_history, mask_padding_keys, device)
     return ranking.hit_ndcg_table(ranks, ks)
 
 
+def _ranks_2d(chunks: Sequence[torch.nn.Module], table: Any, eval_set: EvalSet, protocols: Sequence[str],
+              batch_size: int, exclude_history: bool, mask_padding_keys: bool,
+              device: torch.device | None) -> dict[str, np.ndarray]:
+    """Ranks from the 2D table's per-shard counts; the other full-ranking convention is its own pass
+    (the table excludes the history for all protocols of a pass or for none)."""
+    from hybridrec.embedding.trainer_eval import ranks_2d
+    from hybridrec.eval.ranking import FULL_VARIANTS
+
+    main = [p for p in protocols if p not in FULL_VARIANTS]
+    out = ranks_2d(chunks[0], table, eval_set, main, batch_size, exclude_history=exclude_history,
+                   mask_padding_keys=mask_padding_keys, device=device) if main else {}
+    for variant in (p for p in protocols if p in FULL_VARIANTS):
+        out[variant] = ranks_2d(chunks[0], table, eval_set, ["full"], batch_size, exclude_history=FULL_VARIANTS[variant],
+                                mask_padding_keys=mask_padding_keys, device=device)["full"]
+    return {p: out[p] for p in protocols}
+
+
 def evaluate(chunks: Sequence[torch.nn.Module], data: ProcessedData, cfg: Any, device: torch.device | None = None,
-             ) -> dict[str, Any]:
+             table: Any = None) -> dict[str, Any]:
     """The job's final evaluation (`cfg`: RunConfig): {"metrics": .., "baseline_most_popular": ..
     (when eval.baseline)} on `cfg.eval.split`, every protocol of `reported_protocols`."""
     from hybridrec.eval.popularity import most_popular_metrics
@@ -74,7 +95,7 @@ def evaluate(chunks: Sequence[torch.nn.Module], data: ProcessedData, cfg: Any, d
     eval_set = build_eval_set(data, ev.split, max_len, protocols)
     out: dict[str, Any] = {"metrics": model_metrics(
         chunks, eval_set, protocols, data.num_items, ev.k, ev.batch_size, exclude_history=ev.exclude_history,
-        mask_padding_keys=cfg.model.mask_padding_keys, device=device)}
+        mask_padding_keys=cfg.model.mask_padding_keys, device=device, table=table)}
     if ev.baseline:
         out["baseline_most_popular"] = most_popular_metrics(data, protocols, ev.split, ev.k, ev.exclude_history,
                                                             seed=cfg.data.seed, window=max_len)

@@ -18,9 +18,10 @@ def evaluate(job: Any) -> dict[str, Any]:
     hook = job.validation
     context = hook.best_weights(job.trainer) if hook is not None and hook.keep_best else contextlib.nullcontext(False)
     with context as best:
-        out = evaluate_split(job.trainer.chunks, job.data, job.cfg, job.device)
+        out = evaluate_split(job.trainer.chunks, job.data, job.cfg, job.device, job.table)
     if best and hook.stopping.best_step != job.trainer.step:
-        out["metrics_last_step"] = evaluate_split(job.trainer.chunks, job.data, job.cfg, job.device)["metrics"]
+        out["metrics_last_step"] = evaluate_split(job.trainer.chunks, job.data, job.cfg, job.device,
+                                                 job.table)["metrics"]
     if hook is not None:
         out["validation"] = hook.record(job.trainer.step)
     job.telemetry.record_eval(out["metrics"])

@@ -41,6 +41,7 @@ class Job:
     param_infos: list[Any] = dataclasses.field(default_factory=list)
     batches: Any = None  # data.batches.TrainBatchIterator
     validation: Any = None  # train.validation.ValidationHook (train.eval_every > 0)
+    table: Any = None  # embedding.trainer_table.TrainerTable when embedding.enabled (the 2D item table)
 
     # -- model ------------------------------------------------------------------------------------
     def build_model(self, full: dict[str, torch.Tensor] | None = None) -> None:
@@ -53,8 +54,15 @@ class Job:
         cfg, lay = self.cfg, self.layout
         tconfig = sasrec.transformer_config(self.model_cfg, lay.tp, lay.pp, lay.vpp, self.device.type,
                                             cfg.parallel.batch_p2p_comm)
-        chunks = sasrec.build_chunks(self.model_cfg, self.shape, tconfig, self.device,
-                                     item_tokens=getattr(self.data, "item_tokens", None))  # item_repr != id
+        finalize = self.comm.finalize_model_grads
+        if cfg.embedding.enabled:  # the 2D sparse-parallel item table (hybridrec.embedding.wiring)
+            from hybridrec.embedding import wiring
+
+            chunks = wiring.build_chunks(self, tconfig)
+            finalize = wiring.finalize_with_table(finalize, self.table)
+        else:
+            chunks = sasrec.build_chunks(self.model_cfg, self.shape, tconfig, self.device,
+                                         item_tokens=getattr(self.data, "item_tokens", None))  # item_repr != id
         self.param_infos = [chunk.hybridrec_param_infos for chunk in chunks]
         if full is not None:
             checkpoint.apply_full_state(chunks, self.param_infos, full)
@@ -62,7 +70,7 @@ class Job:
         self.trainer = Trainer(chunks, tconfig, lay, cfg.train,
                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
                                mask_padding_keys=cfg.model.mask_padding_keys,
-                               finalize_model_grads_func=self.comm.finalize_model_grads,
+                               finalize_model_grads_func=finalize,
                                timers=self.telemetry.trainer_timers)
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -92,6 +100,8 @@ class Job:
             extra["grad_sync"] = comm_state
         if self.validation is not None:  # curve, patience and this rank's best weights
             extra["validation"] = self.validation.state_dict()
+        if self.table is not None:
+            extra["embedding_table"] = self.table.state_dict()
         return checkpoint.save(self.checkpoint_root, self.trainer, self.param_infos, self.coords, manifest,
                                extra)
 
@@ -109,6 +119,8 @@ class Job:
         self.comm.load_state_dict(extra.get("grad_sync"))
         if self.validation is not None and "validation" in extra:
             self.validation.load_state_dict(extra["validation"], self.device)
+        if self.table is not None:
+            self.table.load_state_dict(extra["embedding_table"])
         return f"resumed from {ckpt} at step {self.trainer.step}"
 
     def close(self, status: str) -> None:
@@ -116,6 +128,8 @@ class Job:
             self.telemetry.close(status, self.balance)
         if self.comm is not None:
             self.comm.close()
+        if self.table is not None:
+            self.table.close()
 
 
 def _load_data(cfg: Any, rank: int) -> Any:
@@ -189,6 +203,6 @@ def build_job(job: Job, say: Any = print) -> Job:
     job.build_model()
     examples = train_examples(job.data, cfg.data.max_seq_len, cfg.data.train_windows, cfg.data.train_stride)
     job.batches = TrainBatchIterator(examples, cfg.train.global_batch_size, coords.dp, lay.dp, cfg.train.seed)
-    job.validation = ValidationHook.for_run(cfg, job.data, job.device)  # None unless train.eval_every
+    job.validation = ValidationHook.for_run(cfg, job.data, job.device, job.table)  # None unless train.eval_every
     job.telemetry.open_recorder(job)
     return job

@@ -91,7 +91,8 @@ class ValidationHook:
         self.lost_best: str | None = None
 
     @classmethod
-    def for_run(cls, cfg: Any, data: ProcessedData, device: torch.device | None = None) -> ValidationHook | None:
+    def for_run(cls, cfg: Any, data: ProcessedData, device: torch.device | None = None,
+                table: Any = None) -> ValidationHook | None:
         """The hook for a job (`cfg`: RunConfig): the valid split of `data` (or `train.valid_max_users`
         of its users, fixed by data.seed), `train.valid_protocols` with both conventions; None when
         `train.eval_every` is 0."""
@@ -108,7 +109,7 @@ class ValidationHook:
         def evaluate(chunks: Sequence[torch.nn.Module]) -> Metrics:
             return ev.model_metrics(chunks, eval_set, protocols, data.num_items, cfg.eval.k, cfg.eval.batch_size,
                                     exclude_history=cfg.eval.exclude_history,
-                                    mask_padding_keys=cfg.model.mask_padding_keys, device=device)
+                                    mask_padding_keys=cfg.model.mask_padding_keys, device=device, table=table)
 
         return cls(evaluate, eval_every=train.eval_every, total_steps=train.steps, select_metric=train.select_metric,
                    patience=train.patience, min_delta=train.min_delta, keep_best=train.keep_best)
