@@ -42,8 +42,8 @@ from hybridrec.distributed.allreduce import (
     get_algorithm,
     hierarchical,
 )
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.compression import make_codec
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.io import atomic_write_json
 from hybridrec.topology import RackMap
 
