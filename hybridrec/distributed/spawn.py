@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +155,14 @@ def root_cause(stderr: str) -> RankFailure | None:
 
 # ------------------------------------------------------------------------ functions: N gloo ranks
 class RankFailed(RuntimeError):
-    """A rank of `run_ranks` raised, exited or was killed (`rank` names it), or the deadline passed."""
+    """A rank of `run_ranks` raised, exited or was killed (`rank` names it), or the deadline passed.
+    `exitcode`: the rank's exit code when it exited or was killed (negative: the signal), None when it
+    raised or the deadline passed."""
 
-    def __init__(self, message: str, rank: int | None) -> None:
+    def __init__(self, message: str, rank: int | None, exitcode: int | None = None) -> None:
         super().__init__(message)
         self.rank = rank
+        self.exitcode = exitcode
 
 
 def enter_netns(name: str) -> None:
@@ -188,12 +192,25 @@ def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out_di
     try:
         result = fn(rank, world_size, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+    except BaseException:
+        # when and why, so the parent names the rank that failed first, not one whose collective broke after
+        (Path(out_dir) / f"error{rank}.txt").write_text(f"{time.time()}\n{traceback.format_exc()}")
+        raise
     finally:
         if process_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _join(context: Any, world_size: int, deadline_s: float) -> None:
+def _first_raised(out_dir: str) -> tuple[int, str] | None:
+    """(rank, traceback) of the rank whose exception came first, from the ranks' error files."""
+    found = []
+    for path in Path(out_dir).glob("error*.txt"):
+        stamp, _, text = path.read_text().partition("\n")
+        found.append((float(stamp), int(path.stem[len("error"):]), text))
+    return min(found)[1:] if found else None
+
+
+def _join(context: Any, world_size: int, deadline_s: float, out_dir: str) -> None:
     """Wait for every rank; on a failure or past the deadline end the rest and raise RankFailed."""
     import torch.multiprocessing as mp
 
@@ -205,10 +222,12 @@ def _join(context: Any, world_size: int, deadline_s: float) -> None:
                 raise RankFailed(f"ranks {alive} of {world_size} still running after the {deadline_s:.0f} s "
                                  "deadline (a hang outside a collective?); ended them", alive[0] if alive else None)
     except mp.ProcessRaisedException as exc:
-        raise RankFailed(f"rank {exc.error_index} of {world_size} raised:\n{exc.msg.strip()}", exc.error_index) from None
+        rank, text = _first_raised(out_dir) or (exc.error_index, exc.msg.strip())
+        raise RankFailed(f"rank {rank} of {world_size} raised (the first to fail):\n{text.strip()}", rank) from None
     except mp.ProcessExitedException as exc:
         how = f"was killed by {exc.signal_name}" if exc.signal_name else f"exited with code {exc.exit_code}"
-        raise RankFailed(f"rank {exc.error_index} of {world_size} {how} (pid {exc.pid})", exc.error_index) from None
+        raise RankFailed(f"rank {exc.error_index} of {world_size} {how}", exc.error_index,
+                         exc.exit_code) from None
     finally:
         for proc in context.processes:
             if proc.is_alive():
@@ -238,5 +257,5 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, env: dict[str
             _entry, args=(fn, world_size, free_port(), out_dir, args, full_env, timeout_s, master_addr, netns,
                           process_group),
             nprocs=world_size, join=False, start_method=start_method)
-        _join(context, world_size, 5 * timeout_s if deadline_s is None else deadline_s)
+        _join(context, world_size, 5 * timeout_s if deadline_s is None else deadline_s, out_dir)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
