@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 i=0
 for layout in dp4 tp4 pp4 tp2_pp2 tp2_dp2 pp2_dp2; do
   echo "table2: layout $layout -> $OUT/$i"
-  $PY -m hybridrec.distributed.launch --nproc-per-node 4 jobs.train_job "+experiment/layout=$layout" \
+  $PY -m torch.distributed.run --standalone --nproc-per-node 4 -m jobs.train_job "+experiment/layout=$layout" \
     model=sasrec_tiny train=quick train.steps=10 train.global_batch_size=64 parallel.micro_batch_size=8 \
     'eval.protocols=[uni100]' "hydra.run.dir=$OUT/$i" > "$OUT/$i.log" 2>&1 \
     || echo "table2: layout $layout failed (log: $OUT/$i.log); collect lists it"

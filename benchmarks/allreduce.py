@@ -42,8 +42,8 @@ from hybridrec.distributed.allreduce import (
     get_algorithm,
     hierarchical,
 )
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.compression import make_codec
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.io import atomic_write_json
 from hybridrec.topology import RackMap
 
@@ -125,7 +125,7 @@ def _testbed_run(cfg: dict, orders: list[str], rate: str, timeout_s: float) -> d
             run_cfg = {**cfg, "racks_of_rank": [rack_of[n] for n in placement], "fabric": fabric}
             netns = [spec.node_ns(node) for node in placement]
             results[order] = run_ranks(bench_worker, len(placement), run_cfg, timeout_s=timeout_s,
-                                       master_addr=spec.addr(placement[0]), netns=netns)[0]
+                                       deadline_s=timeout_s, master_addr=spec.addr(placement[0]), netns=netns)[0]
     return results
 
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for order in args.orders.split(","):
             results[order] = run_ranks(bench_worker, 4, {**cfg, "racks_of_rank": ORDERS[order]},
-                                       timeout_s=args.timeout)[0]
+                                       timeout_s=args.timeout, deadline_s=args.timeout)[0]
     rate_bits = None
     if (args.testbed or args.slurm) and args.rate:
         from hybridrec.testbed.fabric import rate_bits as parse_rate

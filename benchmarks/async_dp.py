@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
 from hybridrec.distributed.allreduce import build_comm_groups
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.grad_sync import GradSync
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.io import atomic_write_json
 from hybridrec.topology import RackMap
 

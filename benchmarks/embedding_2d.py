@@ -20,17 +20,14 @@ memory from the trainer's own accounting.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from hybridrec.distributed.env import free_port
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.embedding.groups import EmbeddingGroups
 from hybridrec.embedding.memory import embedding_memory, mib
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad
@@ -50,8 +47,7 @@ def skewed_ids(rows: int, shape: tuple[int, ...], gen: torch.Generator) -> torch
     return (torch.rand(shape, generator=gen).pow(3) * rows).long().clamp_(max=rows - 1)
 
 
-def bench_rank(rank: int, args: argparse.Namespace, e: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.world)
+def bench_rank(rank: int, world: int, args: argparse.Namespace, e: int) -> dict:
     base_rss = rss_mib("VmRSS")
     groups = EmbeddingGroups.build(args.world, e)
     table = ShardedEmbedding(args.rows, args.dim, groups, rank, create_process_groups(groups, rank),
@@ -75,20 +71,12 @@ def bench_rank(rank: int, args: argparse.Namespace, e: int, port: int, out: str)
             times.append(time.perf_counter() - started)
             alltoall.append(table.counter.lookup.total)
             replica.append(table.counter.replica_ids + table.counter.replica_values)
-    mine = {"rank": rank, "step_s": statistics.median(times), "alltoall": statistics.mean(alltoall),
+    return {"rank": rank, "step_s": statistics.median(times), "alltoall": statistics.mean(alltoall),
             "replica": statistics.mean(replica), "peak_rss_mib": rss_mib("VmHWM"), "base_rss_mib": base_rss}
-    everyone = [None] * args.world
-    dist.all_gather_object(everyone, mine)
-    if rank == 0:
-        atomic_write_json(out, everyone)
-    dist.destroy_process_group()
 
 
 def run_layout(args: argparse.Namespace, e: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "ranks.json")
-        mp.spawn(bench_rank, args=(args, e, free_port(), out), nprocs=args.world, join=True)
-        ranks = json.loads(Path(out).read_text())
+    ranks = run_ranks(bench_rank, args.world, args, e, timeout_s=1800, start_method="spawn")
     acct = embedding_memory(args.rows, args.dim, e, args.world, args.batch_per_rank, args.seq_len)
     return {"E": e, "M": args.world // e, "accounting": acct.as_dict(),
             "step_s_max_rank": max(r["step_s"] for r in ranks),
@@ -118,15 +106,11 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
           f" Process baseline RSS before the table: {results[0]['base_rss_mib']:.0f} MiB.")
 
 
-def quality_rank(rank: int, world: int, port: int, layouts: list, setup, out: str) -> None:
+def quality_rank(rank: int, world: int, layouts: list, setup) -> list[dict]:
     from hybridrec.embedding.quality import load_data, train_sharded
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     data = load_data(setup)
-    results = [train_sharded(rank, world, e, mode, c, setup, data) for e, mode, c in layouts]
-    if rank == 0:
-        atomic_write_json(out, results)
-    dist.destroy_process_group()
+    return [train_sharded(rank, world, e, mode, c, setup, data) for e, mode, c in layouts]
 
 
 def run_quality(args: argparse.Namespace) -> list[dict]:
@@ -137,10 +121,7 @@ def run_quality(args: argparse.Namespace) -> list[dict]:
     results = [train_baseline(setup, data)]
     m = args.world // 2
     layouts = [(2, "grad", 1.0), (2, "weights", float(m)), (2, "weights", 1.0)]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "quality.json")
-        mp.spawn(quality_rank, args=(args.world, free_port(), layouts, setup, out), nprocs=args.world)
-        results += json.loads(Path(out).read_text())
+    results += run_ranks(quality_rank, args.world, layouts, setup, timeout_s=1800, start_method="spawn")[0]
     print(f"\nQuality: synthetic tiny ({data.num_users} users, {data.num_items} items), {setup.steps} steps, "
           f"global batch {setup.global_batch}, dim {setup.dim}, lr {setup.lr}; test split, 100 uniform negatives")
     print("| layout | HR@10 | NDCG@10 | dHR@10 vs unsharded | wall s |\n|---|---|---|---|---|")

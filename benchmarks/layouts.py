@@ -1,7 +1,7 @@
 """Layouts benchmark: samples/s and communication share of single-mode (pure dp, pure tp, pure pp) and
 hybrid layouts training the same recommender on the same global batch, in one run, as a table.
 
-Each layout is launched as tp*pp*dp local gloo ranks (`hybridrec.distributed.launch`) running the trainer
+Each layout is launched as tp*pp*dp local gloo ranks (torchrun, `hybridrec.distributed.spawn.run_torchrun`) running the trainer
 (megatron schedules, DDP, optimizer; rank program shared with benchmarks/pipeline_balance.py). Figures
 are medians over the measured steps: step = wall seconds of `Trainer.train_step` (max over ranks);
 samples/s = global batch / step; compute share = megatron's forward-compute + backward-compute timers /
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/benchmarks/layouts.json")
     args = parser.parse_args()
 
-    from hybridrec.distributed.launch import launch
+    from hybridrec.distributed.spawn import run_torchrun
 
     results = {}
     for name, tp, pp, dp in LAYOUTS:
@@ -77,10 +77,11 @@ def main() -> None:
             spec = {"tp": tp, "pp": pp, "args": vars(args), "partitions": {"even": None},
                     "result": f"{tmp}/ranks.json"}
             Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
-            run = launch([sys.executable, str(BALANCE_SCRIPT), "--worker", f"{tmp}/spec.json"], world,
-                         timeout_s=590)
+            run = run_torchrun(world, str(BALANCE_SCRIPT), ["--worker", f"{tmp}/spec.json"], timeout_s=590,
+                               capture=False)
             if run.returncode != 0:
-                print(f"{name}: rank {run.failed_rank} failed ({run.rank_codes})", file=sys.stderr)
+                print(f"{name}: torchrun exited {run.returncode} (its report above names the failed rank)",
+                      file=sys.stderr)
                 continue
             results[name] = summarise(json.loads(Path(f"{tmp}/ranks.json").read_text()), args.global_batch)
         r = results[name]

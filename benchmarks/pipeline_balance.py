@@ -169,7 +169,7 @@ def main() -> None:
 
     import tempfile
 
-    from hybridrec.distributed.launch import launch
+    from hybridrec.distributed.spawn import run_torchrun
     from hybridrec.model.sasrec import padded_vocab_size
     from hybridrec.train import profile as P
     from hybridrec.train.balance import balanced_partition, uniform_partition
@@ -189,9 +189,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             spec = {"pp": pp, "args": vars(args), "partitions": partitions, "result": f"{tmp}/ranks.json"}
             Path(f"{tmp}/spec.json").write_text(json.dumps(spec))
-            run = launch([sys.executable, __file__, "--worker", f"{tmp}/spec.json"], pp, timeout_s=590)
+            run = run_torchrun(pp, __file__, ["--worker", f"{tmp}/spec.json"], timeout_s=590, capture=False)
             if run.returncode != 0:
-                raise SystemExit(f"pp={pp}: rank {run.failed_rank} failed ({run.rank_codes})")
+                raise SystemExit(f"pp={pp}: torchrun exited {run.returncode} (its report above names the failed rank)")
             ranks = json.loads(Path(f"{tmp}/ranks.json").read_text())
         summary = summarise(pp, m, args.global_batch, ranks, partitions)
         summary["predicted_stage_s"] = {"uniform": list(uniform.stage_times), "balanced": list(balanced.stage_times)}

@@ -40,9 +40,9 @@ from async_dp import NextItem, markov_data
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
 from hybridrec.distributed.allreduce import build_comm_groups
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.compression import make_codec
 from hybridrec.distributed.grad_sync import GradSync
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.io import atomic_write_json
 from hybridrec.topology import RackMap
 

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 from hybridrec.errors import ConfigError, DataError
 
-LAUNCH = ".venv/bin/python -m hybridrec.distributed.launch"
+LAUNCH = ".venv/bin/python -m torch.distributed.run --standalone"
 # libraries whose INFO records (megatron's config and "Params for bucket" dumps) belong in the log file
 LIBRARY_LOGGERS = ("megatron", "torch", "torch.distributed", "h5py", "numexpr")
 # a collective that failed because another rank went away: that rank's own message is the one to show
@@ -62,9 +62,7 @@ def hint(err: ConfigError, cfg: Any, world_size: int, overrides: Sequence[str] =
         if world_size == 1 and needed > 1:
             args = " ".join(overrides)
             return (f"this is one process; tp={cfg.parallel.tp} x pp={cfg.parallel.pp} x dp={max(cfg.parallel.dp, 1)} "
-                    f"needs {needed} ranks: {LAUNCH} --nproc-per-node {needed} jobs.train_job {args}".rstrip()
-                    + f"\n        (torchrun: .venv/bin/python -m torch.distributed.run --nproc-per-node {needed} "
-                      f"-m jobs.train_job {args})")
+                    f"needs {needed} ranks: {LAUNCH} --nproc-per-node {needed} -m jobs.train_job {args}".rstrip())
         return (f"the job has {world_size} ranks: choose tp*pp*dp = {world_size} (parallel.dp=0 derives dp), "
                 f"or start {needed} ranks")
     return None

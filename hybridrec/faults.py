@@ -16,7 +16,7 @@ The knob is one string, from `HYBRIDREC_FAULT` (or given to `install`):
 Every injected error names the rank, the host and the step. Entry points that install the knob before
 the real code runs (nothing else in the package imports this module):
 
-    python -m hybridrec.distributed.launch --nproc-per-node 2 hybridrec.faults run jobs.train_job [overrides]
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m hybridrec.faults run jobs.train_job [overrides]
     python -m hybridrec.faults worker --steps 20     # a small gloo step loop (one all_reduce per step)
     jobs.submit task "hybridrec.faults:train"        # Slurm: the default training task, knob from env
     jobs.submit task "hybridrec.faults:worker_task"  # Slurm: the gloo step loop, knob from env

@@ -9,8 +9,8 @@ import torch
 from hybridrec.config.comm import CompressionConfig
 from hybridrec.distributed.accounting import ByteCounter
 from hybridrec.distributed.allreduce import ALGORITHMS, ReduceContext, build_comm_groups, hierarchical
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.compression import make_codec
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.topology import RackMap
 
 NUMEL = 65_537  # odd on purpose: uneven shards

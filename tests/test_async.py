@@ -6,8 +6,8 @@ import torch
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
 from hybridrec.distributed.allreduce import build_comm_groups
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.grad_sync import GradSync
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.topology import RackMap
 
 RACKS = ["a", "b", "b", "a"]

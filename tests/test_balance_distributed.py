@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from hybridrec.distributed.launch import launch, rank_command
+from hybridrec.distributed.spawn import run_torchrun
 
 RANK = textwrap.dedent("""
     import json, sys, torch
@@ -48,8 +48,8 @@ def test_every_rank_gets_rank0s_plan_and_the_pipeline_times(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK)
     out = tmp_path / "plan.json"
-    result = launch(rank_command(str(script), [str(out)]), 2, timeout_s=300)
-    assert result.returncode == 0, result
+    proc = run_torchrun(2, str(script), [str(out)], timeout_s=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     plans = [json.loads((tmp_path / f"plan.json.{r}").read_text()) for r in range(2)]
     assert plans[0]["split"] == plans[1]["split"] and sum(plans[0]["split"]) == 4
     assert plans[0]["reason"] == plans[1]["reason"]

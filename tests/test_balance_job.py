@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from hybridrec.distributed.spawn import run_bounded, torchrun_command
 from hybridrec.telemetry.recorder import read_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,11 +22,9 @@ BASE = ["model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]", "eval.bas
 
 
 def run_job(out: Path, overrides: list[str], env: dict[str, str] | None = None, nproc: int = 2) -> dict:
-    launcher = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "600"]
-    cmd = [*(launcher if nproc > 1 else [sys.executable, "-m"]), "jobs.train_job", *BASE, *overrides,
-           f"hydra.run.dir={out}"]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=700, cwd=ROOT,
-                          env={**os.environ, **(env or {})})
+    args = [*BASE, *overrides, f"hydra.run.dir={out}"]
+    cmd = torchrun_command(nproc, "jobs.train_job", args) if nproc > 1 else [sys.executable, "-m", "jobs.train_job", *args]
+    proc = run_bounded(cmd, 700, cwd=ROOT, env={**os.environ, **(env or {})})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "done", summary.get("error")

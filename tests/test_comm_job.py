@@ -7,13 +7,12 @@ codec rule in one place, and choice fields refused when Hydra composes."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from hybridrec.distributed.spawn import run_torchrun
 from hybridrec.train import checkpoint
 
 ROOT = Path(__file__).parents[1]
@@ -22,9 +21,8 @@ JOB = ["model=sasrec_tiny", "train=quick", "train.steps=4", "train.checkpoint_ev
 
 
 def torchrun_job(out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "jobs.train_job", *JOB, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False)
+    proc = run_torchrun(2, "jobs.train_job", [*JOB, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}"],
+                        timeout_s=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
 

@@ -3,15 +3,10 @@ data, same steps, same optimizer), on the synthetic tiny data set with 4 gloo pr
 
 from __future__ import annotations
 
-import json
-
 import pytest
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from hybridrec.distributed.env import free_port
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.embedding.quality import QualitySetup, load_data, train_baseline, train_sharded
-from hybridrec.io import atomic_write_json
 
 WORLD = 4
 # stated tolerance: |HR@10(2D, momentum-scaled) - HR@10(unsharded)| <= 0.03, about two standard
@@ -20,22 +15,17 @@ WORLD = 4
 HR_TOLERANCE, EXACT_TOLERANCE = 0.03, 2e-3
 
 
-def worker(rank: int, port: int, setup: QualitySetup, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+def worker(rank: int, world: int, setup: QualitySetup) -> list[dict]:
     data = load_data(setup)
-    results = [train_sharded(rank, WORLD, 2, "grad", 1.0, setup, data),
-               train_sharded(rank, WORLD, 2, "weights", 2.0, setup, data)]
-    if rank == 0:
-        atomic_write_json(out, results)
-    dist.destroy_process_group()
+    return [train_sharded(rank, world, 2, "grad", 1.0, setup, data),
+            train_sharded(rank, world, 2, "weights", 2.0, setup, data)]
 
 
 @pytest.mark.slow
 def test_two_d_momentum_scaled_hr10_within_tolerance_of_unsharded(tmp_path):
     setup = QualitySetup(steps=150, cache_dir=str(tmp_path / "cache"))
     baseline = train_baseline(setup, load_data(setup))
-    mp.spawn(worker, args=(free_port(), setup, str(tmp_path / "q.json")), nprocs=WORLD, join=True)
-    exact, scaled = json.loads((tmp_path / "q.json").read_text())
+    exact, scaled = run_ranks(worker, WORLD, setup, timeout_s=1800, start_method="spawn")[0]  # rank 0's
     assert baseline["HR@10"] > 0.3  # the model learns something (uniform guessing gives ~0.1)
     assert abs(exact["HR@10"] - baseline["HR@10"]) <= EXACT_TOLERANCE, (exact, baseline)
     assert abs(scaled["HR@10"] - baseline["HR@10"]) <= HR_TOLERANCE, (scaled, baseline)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.spawn import run_ranks
 
 NUM_ITEMS, VOCAB, DIM, N = 13, 16, 5, 6  # ids 0 and 14, 15 are extra rows; 13 item rows
 

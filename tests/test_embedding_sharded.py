@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from hybridrec.distributed.env import free_port
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.embedding.exchange import LookupBytes, exchange_bytes, plan_exchange
 from hybridrec.embedding.groups import EmbeddingGroups, RowSharding
 from hybridrec.embedding.rowwise_adagrad import RowWiseAdagrad
@@ -136,21 +135,17 @@ QUICK_LAYOUTS = [(1, "contiguous", "modulo", True, "grad"), (2, "contiguous", "m
                  (2, "contiguous", "modulo", True, "weights"), (1, "contiguous", "modulo", True, "grad+gradsync")]
 
 
-def worker(rank: int, port: int, layouts: list[tuple]) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        for layout in layouts:
-            check_layout(rank, *layout)
-    finally:
-        dist.destroy_process_group()
+def worker(rank: int, world: int, layouts: list[tuple]) -> None:
+    for layout in layouts:
+        check_layout(rank, *layout)
 
 
 def test_sharded_lookups_gradients_steps_and_bytes_equal_unsharded_reference():
     """E in {1, 2, 4}; replica sync by gradients and by weights (the paper's scheme)."""
     assert {e for e, *_ in QUICK_LAYOUTS} == {1, 2, 4}
-    mp.spawn(worker, args=(free_port(), QUICK_LAYOUTS), nprocs=WORLD, join=True)
+    run_ranks(worker, WORLD, QUICK_LAYOUTS, timeout_s=600, deadline_s=900, start_method="spawn")
 
 
 @pytest.mark.slow
 def test_every_placement_row_scheme_and_dedup_setting_equals_the_reference():
-    mp.spawn(worker, args=(free_port(), ALL_LAYOUTS), nprocs=WORLD, join=True)
+    run_ranks(worker, WORLD, ALL_LAYOUTS, timeout_s=1800, start_method="spawn")

@@ -177,8 +177,7 @@ def test_one_process_with_a_tp2_layout_is_told_how_to_start_more_ranks(tmp_path:
     proc = run_train_job("parallel=tp2", f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     assert "world size 1" in proc.stderr
-    assert "hybridrec.distributed.launch --nproc-per-node 2 jobs.train_job parallel=tp2" in proc.stderr
-    assert "torch.distributed.run --nproc-per-node 2 -m jobs.train_job parallel=tp2" in proc.stderr
+    assert "torch.distributed.run --standalone --nproc-per-node 2 -m jobs.train_job parallel=tp2" in proc.stderr
 
 
 def test_a_bad_override_is_one_line_before_any_output_directory(tmp_path: Path) -> None:

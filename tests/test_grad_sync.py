@@ -9,8 +9,8 @@ import torch
 
 from hybridrec.config.comm import AllreduceConfig, CompressionConfig
 from hybridrec.distributed.allreduce import build_comm_groups, discover_rack_map
-from hybridrec.distributed.allreduce.launch import run_ranks
 from hybridrec.distributed.grad_sync import GradSync, plan_buckets
+from hybridrec.distributed.spawn import run_ranks
 from hybridrec.errors import ConfigError
 from hybridrec.topology import RackMap
 

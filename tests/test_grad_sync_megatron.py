@@ -6,7 +6,7 @@ as megatron's own finalize_model_grads, and a refused config is named."""
 import pytest
 import torch
 
-from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.spawn import run_ranks
 
 CASES = {
     "flat": (["a", "b"], "flat", "leader", "sync"),

@@ -33,7 +33,7 @@ def tiny_item_tokens(seed: int = 0) -> Any:
     return ItemTokens(token_ids=ids, lengths=lengths, vocab_size=TEXT_VOCAB, tokenizer_json="{}")
 
 
-def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hybridrec.config.model import ModelConfig
@@ -43,7 +43,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer
 
-    device, layout = start_rank(rank, world, port, spec)
+    device, layout = start_rank(rank, world, spec)
     mcfg = ModelConfig(hidden_size=32, num_layers=spec["layers"], num_attention_heads=4, ffn_hidden_size=64,
                        dropout=0.0, vocab_pad_multiple=64, item_repr=spec["item_repr"],
                        item_fusion=spec["fusion"], item_text_pool=spec["pool"])

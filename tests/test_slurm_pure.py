@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-from hybridrec.distributed.launch import launch
+from hybridrec.distributed.spawn import run_torchrun
 from hybridrec.errors import ConfigError
 from jobs.cluster_check import parse_sinfo, request_problems
 from jobs.requeue import PreemptionGuard
@@ -114,8 +113,8 @@ dist.destroy_process_group()
 def test_all_ranks_stop_after_the_same_step_when_one_rank_is_signalled(tmp_path: Path):
     script = tmp_path / "loop.py"
     script.write_text(RANK_LOOP)
-    result = launch([sys.executable, str(script), str(tmp_path)], 3, timeout_s=60)
-    assert result.returncode == 0, result
+    proc = run_torchrun(3, str(script), [str(tmp_path)], timeout_s=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     stops = {p.name: p.read_text() for p in sorted(tmp_path.glob("rank*"))}
     assert stops == {"rank0": "5 False", "rank1": "5 True", "rank2": "5 False"}
 

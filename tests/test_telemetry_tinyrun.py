@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from hybridrec.distributed.env import free_port
+from hybridrec.distributed.spawn import RankFailed, run_ranks
 from hybridrec.io import atomic_write_json
 from hybridrec.telemetry import timers as timers_mod
 from hybridrec.telemetry.nvml import UtilizationSampler
@@ -187,7 +187,7 @@ def _rank_main(rank: int, job: TinyJob, port: int) -> None:
         dist.destroy_process_group()
 
 
-def _worker(rank: int, jobs: list[TinyJob], ports: list[int]) -> None:
+def _worker(rank: int, world: int, jobs: list[TinyJob], ports: list[int]) -> None:
     """One spawned process runs its rank of every job in turn (torch is imported once per process)."""
     for job, port in zip(jobs, ports):
         if rank < job.world_size:
@@ -202,13 +202,11 @@ def run_tiny_jobs(jobs: list[TinyJob]) -> list[Path]:
         (out / ".hydra").mkdir(parents=True, exist_ok=True)  # what a Hydra multirun job dir has
         (out / ".hydra" / "overrides.yaml").write_text(
             f"- name={job.name}\n- compression.codec={job.codec}\n- compression.ratio={job.ratio}\n")
-    ctx = mp.start_processes(_worker, args=(jobs, [free_port() for _ in jobs]),
-                             nprocs=max(j.world_size for j in jobs), join=False, start_method="spawn")
-    try:
-        while not ctx.join(timeout=300):
-            pass
-    except mp.ProcessExitedException:
-        if all(job.crash_at_step < 0 for job in jobs):
+    try:  # each job creates its own process group (world sizes differ)
+        run_ranks(_worker, max(j.world_size for j in jobs), jobs, [free_port() for _ in jobs], timeout_s=300,
+                  deadline_s=900, start_method="spawn", process_group=False)
+    except RankFailed as exc:
+        if exc.exitcode is None or all(job.crash_at_step < 0 for job in jobs):  # only the planned crash's exit
             raise
     return [Path(job.out_dir) for job in jobs]
 

@@ -5,14 +5,13 @@ step's wall time, and analysis.collect builds a table row from the run dir."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from analysis.collect import collect
-from hybridrec.distributed.launch import launch
+from hybridrec.distributed.spawn import run_torchrun
 from hybridrec.telemetry.recorder import read_run
 from hybridrec.telemetry.timers import PHASES
 
@@ -20,14 +19,15 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 
 
-JOB = [sys.executable, "-m", "jobs.train_job", "model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]",
+JOB = ["model=sasrec_tiny", "train=quick", "eval.protocols=[uni100]",
        "eval.baseline=false"]
 
 
 def run_two_rank_job(run_dir: Path, overrides: list[str], timeout_s: float = 900) -> dict:
     """jobs.train_job on 2 local gloo ranks; returns its summary.json (status done)."""
-    result = launch([*JOB, *overrides, f"hydra.run.dir={run_dir}"], 2, timeout_s=timeout_s)
-    assert result.returncode == 0, result
+    proc = run_torchrun(2, "jobs.train_job", [*JOB, *overrides, f"hydra.run.dir={run_dir}"], timeout_s=timeout_s,
+                        cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "done", summary.get("error")
     return summary

@@ -1,5 +1,5 @@
 """Shared harness (no tests of its own): train the tiny recommender with a given tp x pp x dp (+vpp)
-layout on real gloo processes (torch.multiprocessing spawn, free port) and return rank 0's record:
+layout on real gloo processes (`hybridrec.distributed.spawn.run_ranks`, spawn start) and return rank 0's record:
 loss per step, grad norms, ranks and HR/NDCG on a fixed eval set. Used by the equivalence and
 checkpoint tests; the one-process run is the reference."""
 
@@ -8,13 +8,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
 NUM_ITEMS = 100  # vocab 128 for tp 1 and 2 with vocab_pad_multiple 64 (same shapes in every layout)
 SEQ = 10
@@ -42,17 +40,15 @@ def tiny_data(seed: int = 0) -> dict[str, np.ndarray]:
             "negatives": negatives}
 
 
-def start_rank(rank: int, world: int, port: int, spec: dict[str, Any]) -> tuple[str, Any]:
-    """In a spawned rank: gloo process group, the spec's layout and megatron's groups -> (device, layout)."""
-    import torch.distributed as dist
-
+def start_rank(rank: int, world: int, spec: dict[str, Any]) -> tuple[str, Any]:
+    """In a rank of `spawn_ranks` (gloo group already up): the spec's layout and megatron's groups ->
+    (device, layout)."""
     from hybridrec.config.parallel import ParallelConfig
     from hybridrec.distributed import backend
     from hybridrec.distributed.layout import ParallelLayout
     from hybridrec.model import parallel
 
     device = backend.setup("cpu")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     layout = ParallelLayout.build(ParallelConfig(tp=spec["tp"], pp=spec["pp"], vpp=spec["vpp"],
                                                  micro_batch_size=spec["mbs"]), world, spec["global_batch"])
     parallel.initialize(layout.tp, layout.pp, layout.vpp, seed=7)
@@ -60,24 +56,18 @@ def start_rank(rank: int, world: int, port: int, spec: dict[str, Any]) -> tuple[
 
 
 def spawn_ranks(worker: Any, world: int, spec: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
-    """Run `worker(rank, world, port, spec)` on `world` spawned processes; rank 0's record (spec['out'])."""
-    from hybridrec.distributed.env import free_port
+    """Run `worker(rank, world, spec)` on `world` spawned gloo ranks (all ended after `timeout_s`);
+    rank 0's record (spec['out'])."""
+    from hybridrec.distributed.spawn import RankFailed, run_ranks
 
-    ctx = mp.spawn(worker, args=(world, free_port(), spec), nprocs=world, join=False)
-    deadline = time.monotonic() + timeout_s
     try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} did not finish in {timeout_s}s")
-    finally:
-        for proc in ctx.processes:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
+        run_ranks(worker, world, spec, timeout_s=timeout_s, deadline_s=timeout_s, start_method="spawn")
+    except RankFailed as exc:
+        raise RankFailed(f"{what}: {exc}", exc.rank, exc.exitcode) from None
     return json.loads(Path(spec["out"]).read_text())
 
 
-def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hybridrec.config.model import ModelConfig
@@ -88,7 +78,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
     from hybridrec.train import checkpoint
     from hybridrec.train.loop import Batch, Trainer
 
-    device, layout = start_rank(rank, world, port, spec)
+    device, layout = start_rank(rank, world, spec)
     mcfg = ModelConfig(hidden_size=32, num_layers=spec["layers"], num_attention_heads=4, ffn_hidden_size=64,
                        dropout=0.0, vocab_pad_multiple=64,
                        num_layers_in_first_pipeline_stage=spec.get("first_stage_layers"),

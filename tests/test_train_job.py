@@ -1,16 +1,16 @@
-"""The Hydra job end to end on one process (and, slow, on 2 ranks via the local launcher): it trains
+"""The Hydra job end to end on one process (and, slow, on 2 ranks under torchrun): it trains
 (loss goes down), evaluates every protocol, writes summary.json, telemetry and a checkpoint that
 reassembles into full tensors."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from hybridrec.distributed.spawn import run_bounded, torchrun_command
 from hybridrec.train import checkpoint
 
 ARGS = ["model=sasrec_tiny", "train=quick", "train.steps=12", "train.lr=0.005", "train.log_every=4",
@@ -18,13 +18,9 @@ ARGS = ["model=sasrec_tiny", "train=quick", "train.steps=12", "train.lr=0.005", 
 
 
 def run_job(out: Path, extra: list[str], nproc: int = 1) -> dict:
-    job = ["jobs.train_job", *ARGS, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}"]
-    if nproc == 1:
-        cmd = [sys.executable, "-m", *job]
-    else:
-        cmd = [sys.executable, "-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "900",
-               *job]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1000, cwd=Path(__file__).parents[1])
+    args = [*ARGS, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out / 'cache'}"]
+    cmd = torchrun_command(nproc, "jobs.train_job", args) if nproc > 1 else [sys.executable, "-m", "jobs.train_job", *args]
+    proc = run_bounded(cmd, 1000, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "samples/s" in proc.stdout  # progress lines from rank 0
     return json.loads((out / "summary.json").read_text())

@@ -5,11 +5,12 @@ step without validation: B's test metrics equal A's (and A's last weights give o
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from hybridrec.distributed.spawn import run_bounded, torchrun_command
 
 ARGS = ["model=sasrec_tiny", "train=quick", "train.lr=0.01", "telemetry=off", "train.save_final=false",
         "eval.batch_size=512"]
@@ -17,10 +18,8 @@ ARGS = ["model=sasrec_tiny", "train=quick", "train.lr=0.01", "telemetry=off", "t
 
 def run_job(out: Path, extra: list[str], nproc: int = 1) -> dict:
     job = ["jobs.train_job", *ARGS, *extra, f"hydra.run.dir={out}", f"data.cache_dir={out.parent / 'cache'}"]
-    launch = ["-m", "hybridrec.distributed.launch", "--nproc-per-node", str(nproc), "--timeout", "500"]
-    cmd = [sys.executable, *(launch if nproc > 1 else []), "-m" if nproc == 1 else "", *job]
-    cmd = [part for part in cmd if part]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    cmd = torchrun_command(nproc, job[0], job[1:]) if nproc > 1 else [sys.executable, "-m", *job]
+    proc = run_bounded(cmd, 600, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "summary.json").read_text())
 
