@@ -46,6 +46,7 @@ class Run:
     wall_s: float | None = None
     summary_comm_share: float | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # most-popular on the same candidates
     ranks: int = 0
     steps_recorded: int = 0
     phase_share: dict[str, float] = field(default_factory=dict)
@@ -227,6 +228,7 @@ def load_run(run_dir: Path, skip_steps: int = 1) -> Run:
         run.wall_s = summary.get("wall_s")
         run.summary_comm_share = summary.get("comm_share")
         run.metrics = summary.get("metrics") or {}
+        run.baseline = summary.get("baseline_most_popular") or {}
         status = str(summary.get("status", ""))
         if status == "done":
             run.status, run.reason = "done", ""

@@ -55,6 +55,10 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
             f"| {_fmt(run.metric(protocol, 'NDCG@10'), '.4f')} |")
     if not done:
         lines.append("| (no finished runs) |  |  |  |  |  |  |  |  |  |  |")
+    baseline = next((r.baseline.get(protocol) for r in done if r.baseline.get(protocol)), None)
+    if baseline:  # the same data and candidates for every run of a sweep: one reference row
+        lines.append(f"| most-popular baseline [9] |  |  |  |  |  |  |  |  | {_fmt(baseline.get('HR@10'), '.4f')} "
+                     f"| {_fmt(baseline.get('NDCG@10'), '.4f')} |")
     reasons = sorted({r.nvml_absent_reason for r in done if r.nvml_absent_reason})
     lines += [
         "",
@@ -74,6 +78,8 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
         "[7] Peak memory per rank, max over ranks: torch.cuda.max_memory_allocated on GPU, max RSS on CPU.",
         (f"[8] Leave-one-out evaluation, protocol '{protocol}' (uni100/pop100: target ranked against 100 "
          "fixed uniform/popularity-sampled negatives; full: against all items), from summary.json."),
+        ("[9] Items ranked by training-set popularity, on the same users, split and candidates "
+         "(summary.json baseline_most_popular); a model below it has not learned the sequences."),
     ]
     failed = [r for r in runs if r.status != "done"]
     if failed:

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from jobs.submit import MANIFEST, environ_overlay
 
 SQUEUE_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "STOPPED", "SUSPENDED", "SIGNALING", "STAGE_OUT"}
@@ -275,15 +277,50 @@ def progress_line(rows: list[dict[str, Any]]) -> str:
                      if counts[state])
 
 
+_PROGRESS = re.compile(r"^step\s+(\d+)\s+loss\s+(\S+).*?step_s\s+(\S+)", re.MULTILINE)
+
+
+def point_progress(log_text: str, total_steps: int | None) -> str | None:
+    """'step 40/100 loss 5.123 eta 31 s' from the last progress line of a point's rank-0 log (pure)."""
+    found = _PROGRESS.findall(log_text)
+    if not found:
+        return None
+    step, loss, step_s = int(found[-1][0]), found[-1][1], float(found[-1][2])
+    if not total_steps:
+        return f"step {step} loss {loss}"
+    eta = max(total_steps - step, 0) * step_s
+    return f"step {step}/{total_steps} loss {loss} eta {eta:.0f} s"
+
+
+def _running_progress(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """'point <i>: <progress>' for each running point whose rank-0 log has a progress line."""
+    manifest = json.loads((Path(sweep_dir) / MANIFEST).read_text())
+    folder = Path(manifest["submitit_folder"])
+    out = []
+    for row in rows:
+        if row["state"] != "running":
+            continue
+        try:
+            text = (folder / f"{row['job_id']}_0_log.out").read_text(errors="replace")
+            cfg = yaml.safe_load((Path(row["dir"]) / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        progress = point_progress(text, (cfg.get("train") or {}).get("steps"))
+        if progress:
+            out.append(f"point {row['index']}: {progress}")
+    return out
+
+
 def wait(sweep_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 3600.0, poll_s: float = 0.5,
          final: frozenset[str] | set[str] = FINAL_STATES, report: Any = None) -> list[dict[str, Any]]:
     """Poll `status` until every point's state is in `final` or `timeout_s` passes; returns the last rows.
-    `report(line)` is called whenever the per-state counts change (progress)."""
+    `report(line)` is called whenever the per-state counts or a running point's progress (step, loss,
+    ETA from its log) change."""
     deadline, seen = time.monotonic() + timeout_s, ""
     while True:
         notes: list[str] = []
         rows = status(sweep_dir, env, notes)
-        line = "; ".join([progress_line(rows), *notes])
+        line = "; ".join([progress_line(rows), *_running_progress(sweep_dir, rows), *notes])
         if report is not None and line != seen:
             report(line)
             seen = line

@@ -113,3 +113,16 @@ def test_collector_survives_garbage(sweep: Path, tmp_path: Path) -> None:
     assert main([str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1
+
+
+def test_table_has_a_most_popular_row_from_the_summaries(tmp_path: Path) -> None:
+    run = tmp_path / "0"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({
+        "status": "done", "config": {"name": "dense"}, "layout": {"tp": 1, "pp": 1, "dp": 1}, "steps": 3,
+        "samples_per_s": 10.0, "metrics": {"uni100": {"HR@10": 0.5, "NDCG@10": 0.3}},
+        "baseline_most_popular": {"uni100": {"HR@10": 0.405, "NDCG@10": 0.2643}}}))
+    md = collect(tmp_path)["markdown"]
+    row = next(line for line in md.splitlines() if line.startswith("| most-popular baseline"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[-2:] == ["0.4050", "0.2643"]

@@ -136,3 +136,13 @@ def test_progress_line_counts_points_per_state_in_a_fixed_order():
     rows = [{"state": s} for s in ("running", "done", "failed", "done", "queued", "requeued")]
     assert progress_line(rows) == "2 done, 1 failed, 1 running, 1 queued, 1 requeued"
     assert progress_line([]) == ""
+
+
+def test_sweep_wait_shows_a_running_point_step_loss_and_eta_from_its_log():
+    from jobs.sweep import point_progress
+
+    log = ("step      4  loss 6.14741  grad_norm 0.4250  lr 1.00e-03  samples/s    1474.0  step_s 0.083\n"
+           "step     25  loss 5.50000  grad_norm 0.4000  lr 1.00e-03  samples/s      10.0  step_s 1.500\n")
+    assert point_progress(log, 100) == "step 25/100 loss 5.50000 eta 112 s"  # 75 steps x 1.5 s
+    assert point_progress(log, None) == "step 25 loss 5.50000"
+    assert point_progress("no progress yet\n", 100) is None
