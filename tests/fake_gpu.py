@@ -124,9 +124,24 @@ def device_guard_free_bindings() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def unpatched_factories() -> Iterator[None]:
+    """Undo backend patch C (tensor factories asked for "cuda" allocate on CPU) while faking CUDA: an
+    earlier test in the same process may have set the process up for CPU megatron runs."""
+    patched = {name: getattr(torch, name) for name in backend._FACTORIES
+               if getattr(getattr(torch, name), "__hybridrec_patched__", False)}
+    for name, fn in patched.items():
+        setattr(torch, name, fn.__wrapped__)
+    try:
+        yield
+    finally:
+        for name, fn in patched.items():
+            setattr(torch, name, fn)
+
+
+@contextlib.contextmanager
 def fake_cuda_mode(allow_non_fake_inputs: bool = False) -> Iterator[FakeTensorMode]:
     """FakeTensorMode + the fake-cuda device + the binding shim, without the audit."""
-    with backend.use(backend.fake_cuda()), device_guard_free_bindings(), \
+    with backend.use(backend.fake_cuda()), unpatched_factories(), device_guard_free_bindings(), \
             FakeTensorMode(allow_non_fake_inputs=allow_non_fake_inputs) as mode:
         yield mode
 

@@ -24,7 +24,7 @@ def _peak_rss_kib() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
     import json
 
     import torch.distributed as dist
@@ -35,7 +35,7 @@ def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
     from hybridrec.model import parallel, sasrec
     from hybridrec.train.loop import Batch, Trainer
 
-    device, layout = start_rank(rank, world, port, spec)
+    device, layout = start_rank(rank, world, spec)
     if spec["undo_patch_g"]:  # control: torch's own queue, as before the fix
         torch.cuda._queued_calls = list(torch.cuda._queued_calls)
     items, seq, rows = 400, 30, spec["global_batch"]

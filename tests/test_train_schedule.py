@@ -59,12 +59,12 @@ def _train(spec: dict[str, Any], device: str, layout: Any) -> dict[str, Any]:
     return record
 
 
-def _worker(rank: int, world: int, port: int, spec: dict[str, Any]) -> None:
+def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hybridrec.model import parallel
 
-    device, layout = start_rank(rank, world, port, spec)
+    device, layout = start_rank(rank, world, spec)
     records = {name: _train(run, device, layout) for name, run in spec["runs"].items()}
     Path(spec["out"]).write_text(json.dumps(records))
     parallel.destroy()
