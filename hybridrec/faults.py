@@ -183,9 +183,10 @@ def install(spec: FaultSpec | None = None) -> FaultSpec | None:
 def train(cfg: dict) -> Any:
     """Slurm task (`--task hybridrec.faults:train`): the default training task with the knob from env."""
     install()
-    from jobs.submit import train as default_train
+    from hybridrec.config import to_run_config
+    from hybridrec.main import run
 
-    return default_train(cfg)
+    return run(to_run_config(cfg))
 
 
 def worker_task(cfg: dict) -> int:

@@ -8,7 +8,6 @@ called from here; this module owns the checks that span groups (layout x model x
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +23,6 @@ ITEM_REPRS = ("id", "text", "text+id")
 BALANCE_MODES = ("uniform", "adaptive")
 EVAL_PROTOCOLS = ("full", "uni100", "pop100")
 EVAL_SPLITS = ("valid", "test")
-# used only when the codec registry cannot be imported
-_FALLBACK_CODECS = ("none", "fp16", "bf16", "topk", "sign1bit")
 
 
 def validate(cfg: Any, world_size: int) -> ParallelLayout:
@@ -38,14 +35,6 @@ def validate(cfg: Any, world_size: int) -> ParallelLayout:
 def problems(cfg: Any, world_size: int) -> list[ConfigError]:
     """Every independent problem found (checks after a failed layout are skipped if they need it)."""
     return list(_checks(cfg, world_size))
-
-
-def codec_names() -> tuple[str, ...]:
-    try:
-        module = importlib.import_module("hybridrec.distributed.compression")
-        return tuple(sorted(module.CODECS))
-    except (ImportError, AttributeError):
-        return _FALLBACK_CODECS
 
 
 def _guard(check: Callable[[], None]) -> ConfigError | None:
@@ -215,21 +204,13 @@ def _check_train_eval(cfg: Any, layout: ParallelLayout | None, world_size: int) 
 
 
 def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Iterator[ConfigError]:
-    comp = cfg.compression
-    names = codec_names()
-    if comp.codec not in names:
-        yield ConfigError("compression.codec", comp.codec, f"one of {list(names)}")
-        return
-    if not 0.0 < comp.ratio <= 1.0:
-        yield ConfigError("compression.ratio", comp.ratio, "a top-k ratio k in (0, 1]")
-    try:
-        from hybridrec.config import comm
+    from hybridrec.config.comm import validate_comm
+    from hybridrec.distributed.compression import make_codec
 
-        validate_comm = getattr(comm, "validate_comm", None)
-        if validate_comm is not None:
-            validate_comm(cfg.allreduce, comp, world_size)
-    except ConfigError as err:
-        yield err
+    comp = cfg.compression
+    for err in (_guard(lambda: make_codec(comp)), _guard(lambda: validate_comm(cfg.allreduce, comp, world_size))):
+        if err:
+            yield err
     embedding = getattr(cfg, "embedding", None)
     if getattr(embedding, "enabled", False):
         from hybridrec.embedding.groups import validate_config

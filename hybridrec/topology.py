@@ -13,11 +13,13 @@ the map is deterministic on every rank.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hybridrec.errors import ConfigError
+from hybridrec.hostlist import expand_hostlist
+
+__all__ = ["RackMap", "expand_hostlist", "local_topology_from_env", "parse_scontrol_topology"]
 
 
 @dataclass(frozen=True)
@@ -152,41 +154,6 @@ def _place(hostnames: Sequence[str], rack_of_host: Mapping[str, str], source: st
             )
         racks.append(rack_of_host[host])
     return tuple(racks)
-
-
-_HOSTLIST_TOKEN = re.compile(r"([^,\[]+)(\[[^\]]*\])?([^,\[]*)")
-
-
-def expand_hostlist(text: str) -> list[str]:
-    """Expand a Slurm host list: 'n[1-3,5],m01,x[08-10]' -> n1 n2 n3 n5 m01 x08 x09 x10."""
-    hosts: list[str] = []
-    text = text.strip()
-    pos = 0
-    while pos < len(text):
-        match = _HOSTLIST_TOKEN.match(text, pos)
-        if not match or match.end() == pos:
-            raise ConfigError("hostlist", text, "a Slurm host list like 'n[1-4],m1'")
-        prefix, brackets, suffix = match.group(1), match.group(2), match.group(3)
-        if brackets is None:
-            hosts.append(prefix + suffix)
-        else:
-            for item in brackets[1:-1].split(","):
-                if "-" in item:
-                    lo, hi = item.split("-", 1)
-                    if not (lo.isdigit() and hi.isdigit()) or int(lo) > int(hi):
-                        raise ConfigError("hostlist", text, f"a numeric range lo-hi, got '{item}'")
-                    width = len(lo) if lo.startswith("0") else 0
-                    hosts.extend(f"{prefix}{i:0{width}d}{suffix}" for i in range(int(lo), int(hi) + 1))
-                elif item.isdigit():
-                    hosts.append(prefix + item + suffix)
-                else:
-                    raise ConfigError("hostlist", text, f"numbers or ranges inside brackets, got '{item}'")
-        pos = match.end()
-        if pos < len(text):
-            if text[pos] != ",":
-                raise ConfigError("hostlist", text, "host names separated by commas")
-            pos += 1
-    return hosts
 
 
 def parse_scontrol_topology(text: str) -> list[dict]:

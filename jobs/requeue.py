@@ -9,84 +9,25 @@ the job (through submitit's Checkpointable protocol when the job was submitted b
 `scontrol requeue`), and every rank exits without writing a result. The requeued job resumes from that
 checkpoint, so no step is redone and exactly one result is written.
 
-Trainer's side (hybridrec.main.run), in short:
-    guard = requeue.PreemptionGuard.current()         # installed by the job wrapper; inert if not
-    for step in range(start, steps):
-        train_step(step)
-        if guard.should_stop():                       # collective: all ranks call it every step
-            save_checkpoint(step + 1); raise requeue.Preempted(step + 1)
+The loop's side (flag, collective check, `Preempted`) is `hybridrec.train.preemption`; this module
+is the Slurm side: install the guard, requeue, exit without a result.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
+from hybridrec.train.preemption import Preempted, PreemptionGuard
+
+__all__ = ["Preempted", "PreemptionGuard", "RequeueableTask", "requeue_this_job", "restart_count",
+           "run_requeueable"]
+
 log = logging.getLogger(__name__)
-
-PREEMPTION_SIGNALS = (signal.SIGUSR2,)
-
-
-class Preempted(Exception):
-    """Raised by the training loop after it saved a checkpoint because of a preemption signal;
-    `next_step` is the first step the requeued job must run."""
-
-    def __init__(self, next_step: int):
-        super().__init__(f"preempted; checkpoint saved, resume at step {next_step}")
-        self.next_step = next_step
-
-
-class PreemptionGuard:
-    """Holds the flag set by the preemption signal handler."""
-
-    _current: PreemptionGuard | None = None
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self.received_at: float | None = None
-
-    @classmethod
-    def install(cls, signals: tuple[int, ...] = PREEMPTION_SIGNALS) -> PreemptionGuard:
-        """Install the flag-setting handler (replacing submitit's synchronous one) in this process."""
-        guard = cls()
-        for signum in signals:
-            signal.signal(signum, guard._handle)
-        cls._current = guard
-        return guard
-
-    @classmethod
-    def current(cls) -> PreemptionGuard:
-        """The installed guard, or an inert one (never requested) outside a requeueable job."""
-        return cls._current or cls()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None:
-            self.signum, self.received_at = signum, time.time()
-
-    @property
-    def requested(self) -> bool:
-        """This process received the signal (no communication)."""
-        return self.signum is not None
-
-    def should_stop(self, group: Any = None) -> bool:
-        """True on every rank once any rank received the signal. A collective when torch.distributed
-        is initialised: all ranks of `group` must call it at the same step."""
-        try:
-            import torch
-            import torch.distributed as dist
-        except ImportError:  # pragma: no cover - torch is a dependency
-            return self.requested
-        if not (dist.is_available() and dist.is_initialized()):
-            return self.requested
-        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
-        return bool(flag.item())
 
 
 def restart_count() -> int:

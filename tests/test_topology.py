@@ -79,3 +79,10 @@ def test_plan_uneven_racks_columns_cover_each_rack_once():
     assert [plan.column_members(c) for c in range(3)] == [(0, 1), (2, 3), (2, 4)]
     runs = plan.column_runs(2)
     assert [(r.lo, r.hi, r.members) for r in runs] == [(1, 2, (2, 3)), (2, 3, (2, 4))]
+
+
+def test_scontrol_nodes_with_two_bracket_groups_expand_like_scontrol_show_hostnames():
+    text = "SwitchName=rackA Level=0 Nodes=r[1-2]n[1-2]\nSwitchName=top Level=1 Switches=rackA\n"
+    m = RackMap.from_scontrol(text, ["r2n1", "r1n2"])
+    assert m.rack_of_rank == ("rackA", "rackA")
+    assert expand_hostlist("r[1-2]n[1-2]") == ["r1n1", "r1n2", "r2n1", "r2n2"]

@@ -4,41 +4,78 @@ plus `validate_comm` (pure cross-field checks, raising ConfigError)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from hybridrec.errors import ConfigError
 
 
+class Codec(StrEnum):
+    """Gradient codecs; each one's own parameters and rules live with it in hybridrec.distributed.compression."""
+
+    none = "none"
+    fp16 = "fp16"
+    bf16 = "bf16"
+    topk = "topk"
+    sign1bit = "sign1bit"
+
+
+class Hops(StrEnum):
+    cross_rack = "cross_rack"  # compress only the slow hop between racks
+    all = "all"
+
+
+# Member names are the values: Hydra/OmegaConf match a YAML or command-line string by member name.
+class Algorithm(StrEnum):
+    megatron = "megatron"  # megatron DDP's own flat all-reduce
+    flat = "flat"
+    hierarchical = "hierarchical"
+
+
+class Variant(StrEnum):
+    leader = "leader"
+    reduce_scatter = "reduce_scatter"
+
+
+class Topology(StrEnum):
+    slurm = "slurm"
+    scontrol = "scontrol"
+    config = "config"
+    single = "single"
+
+
+# sync | async (bounded staleness) | local_sgd (parameter averaging every `local_sgd_period` steps);
+# the functional form because `async` is a keyword and cannot be a member name in a class body
+Mode = StrEnum("Mode", [("sync", "sync"), ("async", "async"), ("local_sgd", "local_sgd")])
+
+
 @dataclass
 class CompressionConfig:
-    # none | fp16 | bf16 | topk | sign1bit
-    codec: str = "none"
-    # top-k ratio in (0, 1]
+    codec: Codec = Codec.none
+    # topk only: the kept fraction, in (0, 1]
     ratio: float = 0.01
     error_feedback: bool = True
-    # cross_rack | all : which hops are compressed
-    hops: str = "cross_rack"
+    # which hops are compressed
+    hops: Hops = Hops.cross_rack
     # sign1bit: elements per fp32 scale
     chunk_size: int = 1024
 
 
 @dataclass
 class AllreduceConfig:
-    # megatron (megatron DDP's own all-reduce) | flat | hierarchical
-    algorithm: str = "megatron"
+    algorithm: Algorithm = Algorithm.megatron
     # hierarchical only: leader (reduce to a rack leader, leaders all-reduce, broadcast; fastest on gloo)
     # | reduce_scatter (ring reduce-scatter in the rack, all-reduce per shard column, all-gather)
-    variant: str = "leader"
+    variant: Variant = Variant.leader
     # rack map: slurm (SLURM_TOPOLOGY_ADDR of every rank) | scontrol (`scontrol show topology`)
     # | config (the `racks` mapping) | single (one rack)
-    topology: str = "single"
+    topology: Topology = Topology.single
     # used when topology=config: rack name -> list of hostnames
     racks: dict[str, list[str]] = field(default_factory=dict)
     bucket_mb: float = 25.0
     # GPU runs: false = gradient groups use the tensors' backend (NCCL) and buckets stay on the GPU;
     # true = stage every bucket through host memory and gloo groups (e.g. no NCCL between nodes)
     cpu_staging: bool = False
-    # sync | async (bounded staleness) | local_sgd (parameter averaging every `local_sgd_period` steps)
-    mode: str = "sync"
+    mode: Mode = Mode.sync  # type: ignore[valid-type]
     staleness: int = 0
     local_sgd_period: int = 8
     # straggler knob for experiments: rank `straggler_rank` sleeps `straggler_delay_s` before its
@@ -48,11 +85,11 @@ class AllreduceConfig:
     straggler_every: int = 1
 
 
-ALGORITHMS = ("megatron", "flat", "hierarchical")
-VARIANTS = ("leader", "reduce_scatter")
-TOPOLOGIES = ("slurm", "scontrol", "config", "single")
-MODES = ("sync", "async", "local_sgd")
-HOPS = ("cross_rack", "all")
+ALGORITHMS = tuple(Algorithm)
+VARIANTS = tuple(Variant)
+TOPOLOGIES = tuple(Topology)
+MODES = tuple(Mode)
+HOPS = tuple(Hops)
 
 
 def validate_comm(allreduce: AllreduceConfig, compression: CompressionConfig, world_size: int | None = None) -> None:
@@ -66,7 +103,7 @@ def validate_comm(allreduce: AllreduceConfig, compression: CompressionConfig, wo
     ]
     for name, value, allowed in checks:
         if value not in allowed:
-            raise ConfigError(name, value, f"one of {list(allowed)}")
+            raise ConfigError(name, value, f"one of {[str(a) for a in allowed]}")
     if allreduce.bucket_mb <= 0:
         raise ConfigError("allreduce.bucket_mb", allreduce.bucket_mb, "a positive bucket size in MiB")
     if allreduce.staleness < 0:

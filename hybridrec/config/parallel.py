@@ -4,6 +4,18 @@ pipeline balancing knobs (read by `hybridrec.distributed.layout`, `hybridrec.dis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Backend(StrEnum):
+    auto = "auto"  # by device: NCCL for tensors on GPUs, gloo on CPU
+    gloo = "gloo"
+    nccl = "nccl"
+
+
+class Balance(StrEnum):
+    uniform = "uniform"  # megatron's even split of layers over stages
+    adaptive = "adaptive"  # profile layers, choose per-stage counts, re-balance on measured drift
 
 # allowed values of `parallel.backend` (the default process group's backend)
 BACKENDS = ("auto", "gloo", "nccl")
@@ -18,14 +30,12 @@ class ParallelConfig:
     # dp = world / (tp * pp); 0 means "derive it", any other value is checked
     dp: int = 0
     micro_batch_size: int = 32
-    # gloo on CPU, nccl on GPU; "auto" picks by device
-    backend: str = "auto"
+    backend: Backend = Backend.auto
     # seconds before a collective (and process-group start) gives up
     timeout_s: float = 600.0
     # megatron's batched p2p: null = auto (off when interleaved: wrong losses at pp=2, NOTES trap)
     batch_p2p_comm: bool | None = None
-    # pipeline stage balancing: uniform | adaptive (profile layers, then choose per-stage layer counts)
-    balance: str = "uniform"
+    balance: Balance = Balance.uniform
     # adaptive: re-balance when max/mean of measured stage times drifts this far above the plan's
     rebalance_threshold: float = 0.15
     # adaptive: also choose micro-batch size/count from stage times and the memory budget

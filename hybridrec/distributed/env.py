@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 from hybridrec.config.parallel import BACKENDS  # noqa: F401  (re-exported for preflight)
 from hybridrec.errors import ConfigError
+from hybridrec.hostlist import expand_hostlist
 
 # ports derived from job ids live below the Linux ephemeral range (32768-60999)
 PORT_BASE, PORT_SPAN = 12000, 20000
@@ -155,55 +156,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 # ---------------------------------------------------------------------------- Slurm lists (pure)
-def _split_top_level(text: str) -> list[str]:
-    parts, depth, start = [], 0, 0
-    for i, ch in enumerate(text):
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ConfigError("SLURM_JOB_NODELIST", text, "balanced [] brackets")
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth != 0:
-        raise ConfigError("SLURM_JOB_NODELIST", text, "balanced [] brackets")
-    parts.append(text[start:])
-    return [p for p in parts if p]
-
-
-def _expand_range_list(body: str, whole: str) -> list[str]:
-    out: list[str] = []
-    for item in body.split(","):
-        if "-" in item:
-            lo, hi = item.split("-", 1)
-            if not (lo.isdigit() and hi.isdigit()) or int(hi) < int(lo):
-                raise ConfigError("SLURM_JOB_NODELIST", whole, f"numeric ranges like 1-3 (got {item!r})")
-            width = len(lo)
-            out.extend(str(n).zfill(width) for n in range(int(lo), int(hi) + 1))
-        elif item.isdigit():
-            out.append(item)
-        else:
-            raise ConfigError("SLURM_JOB_NODELIST", whole, f"numbers inside [] (got {item!r})")
-    return out
-
-
-def _expand_host(pattern: str, whole: str) -> list[str]:
-    match = re.search(r"\[([^\]]*)\]", pattern)
-    if match is None:
-        return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end():]
-    return [head + n + rest for n in _expand_range_list(match.group(1), whole)
-            for rest in _expand_host(tail, whole)]
-
-
 def expand_nodelist(nodelist: str) -> list[str]:
     """`n[1-3,5],gpu-[08-09]` -> [n1, n2, n3, n5, gpu-08, gpu-09] (same as `scontrol show hostnames`)."""
-    hosts = [h for part in _split_top_level(nodelist.strip()) for h in _expand_host(part, nodelist)]
-    if not hosts:
-        raise ConfigError("SLURM_JOB_NODELIST", nodelist, "a non-empty Slurm node list")
-    return hosts
+    return expand_hostlist(nodelist, "SLURM_JOB_NODELIST")
 
 
 def expand_tasks_per_node(value: str) -> list[int]:

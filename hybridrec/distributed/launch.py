@@ -81,7 +81,10 @@ def launch(
         for rank in range(nproc):
             env = {**base, "RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_RANK": str(rank),
                    "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
-                   "HYBRIDREC_LAUNCHER": "local"}
+                   "HYBRIDREC_LAUNCHER": "local",
+                   # one thread per rank unless told otherwise, as torchrun does: N ranks at the default
+                   # thread count oversubscribe the cores (a 37 s run took 394 s on 2 cores)
+                   "OMP_NUM_THREADS": base.get("OMP_NUM_THREADS", "1")}
             # own session: a rank's children are ended with it
             procs[rank] = subprocess.Popen(list(command), env=env, start_new_session=True)
         failed: int | None = None

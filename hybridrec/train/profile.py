@@ -33,24 +33,13 @@ class ProfileShape:
     micro_batch_size: int
 
 
-def transformer_config(model_cfg: Any, pp: int = 1, first: int | None = None, last: int | None = None,
-                       tp: int = 1, **extra: Any):
-    """A megatron TransformerConfig for CPU or GPU runs of the recommender (fusions off)."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
+def transformer_config(model_cfg: Any) -> Any:
+    """The model's megatron TransformerConfig on one process (tp = pp = 1), from the one factory
+    the job uses (`model.sasrec.transformer_config`), so a profile measures the model that trains."""
     from hybridrec.distributed import backend
+    from hybridrec.model import sasrec
 
-    return TransformerConfig(
-        num_layers=model_cfg.num_layers, hidden_size=model_cfg.hidden_size,
-        num_attention_heads=model_cfg.num_attention_heads, ffn_hidden_size=model_cfg.ffn_hidden_size,
-        hidden_dropout=model_cfg.dropout, attention_dropout=model_cfg.dropout,
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-        num_layers_in_first_pipeline_stage=first if pp > 1 else None,
-        num_layers_in_last_pipeline_stage=last if pp > 1 else None,
-        pipeline_dtype=torch.float32, params_dtype=torch.float32,
-        use_cpu_initialization=backend.is_cpu(), bias_dropout_fusion=False, masked_softmax_fusion=False,
-        gradient_accumulation_fusion=False, apply_rope_fusion=False, persist_layer_norm=False, **extra,
-    )
+    return sasrec.transformer_config(model_cfg, 1, 1, 1, backend.device().type)
 
 
 def build_gpt(tconfig: Any, vocab_size: int, seq_len: int, pre_process: bool = True, post_process: bool = True):

@@ -173,14 +173,20 @@ def read_interactions(
     )
 
 
-def json_fields(text: str, user_field: str, item_field: str, time_field: str) -> tuple[str, str, int]:
-    """Parse one JSON object line and pull the three fields out of it."""
+def json_object(text: str) -> dict:
+    """One JSON object line (a BadLine 'bad_json' naming the column otherwise)."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as exc:
         raise BadLine("bad_json", f"bad JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
         raise BadLine("bad_json", f"bad JSON (expected an object, got {type(record).__name__})")
+    return record
+
+
+def json_fields(text: str, user_field: str, item_field: str, time_field: str) -> tuple[str, str, int]:
+    """Parse one JSON object line and pull the three fields out of it."""
+    record = json_object(text)
     for name in (user_field, item_field, time_field):
         if name not in record:
             raise BadLine("missing_field", f"missing field '{name}'")

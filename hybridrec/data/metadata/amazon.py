@@ -6,11 +6,10 @@ keyed by parent_asin). Fields used: title, categories (2014: list of category pa
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any
 
-from hybridrec.data.formats._lines import BadLine, require_key
+from hybridrec.data.formats._lines import BadLine, json_object, require_key
 from hybridrec.data.metadata._records import ItemMeta, MetadataTable, read_records, string_list, text_field
 
 
@@ -25,13 +24,7 @@ def _literal(text: str) -> dict[str, Any]:
 
 
 def _json(text: str) -> dict[str, Any]:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadLine("bad_json", f"bad JSON ({exc.msg} at column {exc.colno})") from None
-    if not isinstance(record, dict):
-        raise BadLine("bad_json", f"bad JSON (expected an object, got {type(record).__name__})")
-    return record
+    return json_object(text)
 
 
 def _key(record: dict[str, Any], name: str) -> str:

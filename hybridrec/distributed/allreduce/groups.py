@@ -152,35 +152,51 @@ def build_comm_groups(all_group_ranks: Sequence[Sequence[int]], rack_map: RackMa
     return mine
 
 
+def rack_map_from_tasks(topology: str, tasks: Sequence[tuple[str, str, str]],
+                        racks: dict[str, list[str]] | None = None, scontrol_text: str = "") -> RackMap:
+    """Pure: the rack map for `allreduce.topology` from every rank's (hostname, SLURM_TOPOLOGY_ADDR,
+    pattern) in rank order, the config mapping, or the text of `scontrol show topology`."""
+    from hybridrec.config.comm import Topology
+
+    hostnames = [task[0] for task in tasks]
+    source = Topology(topology)
+    if source is Topology.single:
+        return RackMap.single(len(tasks), hostnames)
+    if source is Topology.config:
+        return RackMap.from_mapping(racks or {}, hostnames)
+    if source is Topology.slurm:
+        patterns = {task[2] for task in tasks}
+        if len(patterns) != 1:
+            raise ConfigError("SLURM_TOPOLOGY_ADDR_PATTERN", sorted(patterns),
+                              "the same pattern on every rank (run under Slurm with TopologyPlugin=topology/tree)")
+        return RackMap.from_topology_addrs([task[1] for task in tasks], patterns.pop(), hostnames)
+    return RackMap.from_scontrol(scontrol_text, hostnames)
+
+
 def discover_rack_map(topology: str, racks: dict[str, list[str]] | None = None) -> RackMap:
     """Build the rack map for `allreduce.topology` by gathering every rank's hostname (and Slurm
-    topology address) over the default group. Collective: call on every rank after init."""
+    topology address) over the default group; with `scontrol`, rank 0 runs `scontrol show topology`
+    and broadcasts its text. Collective: call on every rank after init."""
     import os
     import socket
     import subprocess
 
+    from hybridrec.config.comm import Topology
     from hybridrec.topology import local_topology_from_env
 
-    world = dist.get_world_size()
     local = local_topology_from_env(os.environ, socket.gethostname())
-    gathered: list[Any] = [None] * world
-    dist.all_gather_object(gathered, local)
-    hostnames = [g[0] for g in gathered]
-    if topology == "single":
-        return RackMap.single(world, hostnames)
-    if topology == "config":
-        return RackMap.from_mapping(racks or {}, hostnames)
-    if topology == "slurm":
-        patterns = {g[2] for g in gathered}
-        if len(patterns) != 1:
-            raise ConfigError("SLURM_TOPOLOGY_ADDR_PATTERN", sorted(patterns),
-                              "the same pattern on every rank (run under Slurm with TopologyPlugin=topology/tree)")
-        return RackMap.from_topology_addrs([g[1] for g in gathered], patterns.pop(), hostnames)
-    if topology == "scontrol":
-        text = [""]
+    tasks: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(tasks, local)
+    text = [""]
+    if Topology(topology) is Topology.scontrol:
         if dist.get_rank() == 0:
-            text[0] = subprocess.run(["scontrol", "show", "topology"], capture_output=True, text=True,
-                                     check=True, timeout=30).stdout
+            try:
+                text[0] = subprocess.run(["scontrol", "show", "topology"], capture_output=True, text=True,
+                                         check=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError) as err:
+                text[0] = f"error: {err}"
         dist.broadcast_object_list(text, src=0)
-        return RackMap.from_scontrol(text[0], hostnames)
-    raise ConfigError("allreduce.topology", topology, "one of ['slurm', 'scontrol', 'config', 'single']")
+        if text[0].startswith("error: "):
+            raise ConfigError("allreduce.topology", "scontrol",
+                              f"a job that can run `scontrol show topology` ({text[0][7:]}); or use slurm/config")
+    return rack_map_from_tasks(topology, tasks, racks, text[0])

@@ -1,5 +1,7 @@
 """Gradient codecs (one per file) and their registry: `make_codec(cfg)` looks the name up in
-CODECS, a dict of constructors; adding a codec is one file plus one entry."""
+CODECS, a dict of constructors; adding a codec is one file plus one entry. Each codec reads and
+checks its own parameters (e.g. `TopKCodec` the ratio), so a rule lives in one place: preflight
+refuses a config by building its codec, and the job builds the same codec."""
 
 from __future__ import annotations
 
@@ -19,18 +21,15 @@ CODECS: dict[str, Callable[[CompressionConfig], Codec]] = {
     "none": lambda cfg: NoneCodec(),
     "fp16": lambda cfg: CastCodec(torch.float16, "fp16"),
     "bf16": lambda cfg: CastCodec(torch.bfloat16, "bf16"),
-    "topk": lambda cfg: TopKCodec(cfg.ratio),
-    "sign1bit": lambda cfg: SignCodec(cfg.chunk_size),
+    "topk": TopKCodec.from_config,
+    "sign1bit": SignCodec.from_config,
 }
 
 
 def make_codec(cfg: CompressionConfig) -> Codec:
+    """The codec named by `compression.codec`, built from (and checking) its own parameters."""
     if cfg.codec not in CODECS:
         raise ConfigError("compression.codec", cfg.codec, f"one of {sorted(CODECS)}")
-    if cfg.codec == "topk" and not 0.0 < cfg.ratio <= 1.0:
-        raise ConfigError("compression.ratio", cfg.ratio, "a top-k ratio in (0, 1]")
-    if cfg.codec == "sign1bit" and cfg.chunk_size < 1:
-        raise ConfigError("compression.chunk_size", cfg.chunk_size, "a positive number of elements per scale")
     return CODECS[cfg.codec](cfg)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from hybridrec.distributed.compression.base import Payload, ceil_div
+from hybridrec.errors import ConfigError
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)
 
@@ -23,7 +24,14 @@ class SignCodec:
     lossy = True
 
     def __init__(self, chunk_size: int = 1024):
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ConfigError("compression.chunk_size", chunk_size,
+                              "a positive number of elements per fp32 scale with compression.codec=sign1bit")
         self.chunk_size = chunk_size
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SignCodec:
+        return cls(cfg.chunk_size)
 
     def encode(self, tensor: torch.Tensor, state: dict[str, Any]) -> Payload:
         flat = tensor.reshape(-1).float()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from hybridrec.distributed.compression.base import Payload, topk_count
+from hybridrec.errors import ConfigError
 
 
 class TopKCodec:
@@ -15,7 +16,13 @@ class TopKCodec:
     lossy = True
 
     def __init__(self, ratio: float):
+        if not 0.0 < ratio <= 1.0:
+            raise ConfigError("compression.ratio", ratio, "a top-k ratio in (0, 1] with compression.codec=topk")
         self.ratio = ratio
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> TopKCodec:
+        return cls(cfg.ratio)
 
     def encode(self, tensor: torch.Tensor, state: dict[str, Any]) -> Payload:
         flat = tensor.reshape(-1).float()

@@ -1,0 +1,88 @@
+"""Telemetry of one rank's job: the phase timers megatron reports into, the drift watch's compute
+timers, the NVML/CPU sampler and the HDF5 recorder, built once (`build_telemetry`) and closed once.
+
+Per step the loop calls `begin_step()` and `end_step(...) -> metrics`; `record_step` / `record_eval`
+write rows; `close(status, balance)` finishes the HDF5 file and undoes the tensor-parallel timing.
+With `telemetry.enabled=false` every call is cheap and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass
+class Telemetry:
+    timers: Any = None  # telemetry.timers.PhaseTimers (None: telemetry off)
+    step_timers: Any = None  # profile.StepTimers for the balance watch (None: no watch)
+    trainer_timers: Any = None  # what megatron gets as `config.timers` (both of the above, teed)
+    recorder: Any = None  # telemetry.recorder.RunRecorder
+    undo_tp: Callable[[], None] | None = None
+
+    def begin_step(self) -> None:
+        if self.timers is not None:
+            self.timers.begin_step()
+
+    def end_step(self, samples: int, tokens: int, byte_counts: dict[str, int] | None) -> dict[str, float]:
+        if self.timers is None:
+            return {}
+        if byte_counts is not None:
+            self.timers.add_byte_counts(byte_counts)
+        return self.timers.end_step(samples=samples, tokens=tokens)
+
+    def record_step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.recorder is not None:
+            self.recorder.log_step(step, metrics)
+
+    def record_eval(self, metrics: dict[str, Any]) -> None:
+        if self.recorder is not None:
+            self.recorder.log_eval(metrics)
+
+    def open_recorder(self, job: Any) -> None:
+        """The per-rank HDF5 file (after the layout, rack map and balance record are final)."""
+        tel = job.cfg.telemetry
+        if not tel.enabled:
+            return
+        from hybridrec.telemetry.nvml import UtilizationSampler, visible_gpu_ids
+        from hybridrec.telemetry.recorder import RunRecorder, rank_file, run_metadata
+
+        sampler = UtilizationSampler(tel.nvml_interval_s, visible_gpu_ids(job.env.local_rank)) \
+            if tel.sampler else None
+        meta = run_metadata(config=dataclasses.asdict(job.cfg), layout=job.layout.to_dict(),
+                            topology=dataclasses.asdict(job.comm.rack_map), rank=job.rank,
+                            world_size=job.layout.world_size, balance=job.balance)
+        self.recorder = RunRecorder(rank_file(job.out, job.rank), meta, flush_every=tel.flush_every_steps,
+                                    sampler=sampler)
+        if sampler is not None:
+            sampler.start()
+
+    def close(self, status: str, balance: dict[str, Any] | None = None) -> None:
+        from hybridrec.telemetry import timers as timers_mod
+
+        if self.recorder is not None:
+            self.recorder.close(status=status, balance=balance)
+            self.recorder = None
+        if self.undo_tp is not None:
+            self.undo_tp()
+            self.undo_tp = None
+        timers_mod.install(None)
+
+
+def build_telemetry(job: Any, watch: bool) -> Telemetry:
+    """Timers for this job (`watch`: the adaptive balance needs megatron's compute timers too)."""
+    from hybridrec.train import adaptive
+
+    tel = job.cfg.telemetry
+    out = Telemetry()
+    if tel.enabled:
+        from hybridrec.telemetry import timers as timers_mod
+
+        out.timers = timers_mod.PhaseTimers(cuda_sync=tel.cuda_sync if job.device.type != "cpu" else False)
+        timers_mod.install(out.timers)  # GradSync's phase("dp_comm_intra"/"dp_comm_cross")
+        out.undo_tp = timers_mod.instrument_tensor_parallel(out.timers) if tel.tp_timing else None
+    out.trainer_timers = out.timers
+    if watch:
+        out.step_timers, out.trainer_timers = adaptive.watch_timers(out.timers)
+    return out
