@@ -52,7 +52,8 @@ class Run:
     phase_share: dict[str, float] = field(default_factory=dict)
     phase_mean_s: dict[str, float] = field(default_factory=dict)
     comm_share_all: float | None = None
-    comm_share_dp: float | None = None
+    comm_share_dp: float | None = None  # exposed: the dp phases (what the step waited for) / step time
+    dp_overlapped_share: float | None = None  # dp sync seconds hidden behind compute (GradSync worker) / step time
     gpu_util_pct: float | None = None
     gpu_mem_util_pct: float | None = None
     cpu_util_pct: float | None = None
@@ -136,7 +137,7 @@ def _mean(values: list[float]) -> float | None:
 def _reduce_telemetry(run: Run, ranks: dict[int, dict[str, Any]], skip_steps: int) -> None:
     shares: dict[str, list[float]] = {p: [] for p in PHASES}
     means: dict[str, list[float]] = {p: [] for p in PHASES}
-    comm_all, comm_dp, intra, cross, peak = [], [], [], [], []
+    comm_all, comm_dp, intra, cross, peak, overlapped = [], [], [], [], [], []
     gpu_util, gpu_mem, cpu_util, reasons = [], [], [], set()
     for rank, data in sorted(ranks.items()):
         steps = data["steps"]
@@ -155,6 +156,8 @@ def _reduce_telemetry(run: Run, ranks: dict[int, dict[str, Any]], skip_steps: in
                                              / wall)))
             comm_dp.append(float(np.nanmean(sum(steps.get(f"t_{p}_s", 0 * wall)[sel] for p in DP_PHASES)
                                             / wall)))
+            if "dp_comm_overlapped_s" in steps:
+                overlapped.append(float(np.nanmean(steps["dp_comm_overlapped_s"][sel] / wall)))
         for key, sink in (("dp_bytes_intra", intra), ("dp_bytes_cross", cross)):
             if key in steps and n:
                 sink.append(float(np.nanmean(steps[key][sel])))
@@ -178,6 +181,7 @@ def _reduce_telemetry(run: Run, ranks: dict[int, dict[str, Any]], skip_steps: in
     run.phase_share = {p: v for p in PHASES if (v := _mean(shares[p])) is not None}
     run.phase_mean_s = {p: v for p in PHASES if (v := _mean(means[p])) is not None}
     run.comm_share_all, run.comm_share_dp = _mean(comm_all), _mean(comm_dp)
+    run.dp_overlapped_share = _mean(overlapped)
     run.dp_bytes_intra, run.dp_bytes_cross = _mean(intra), _mean(cross)
     run.peak_mem_bytes = max(peak) if peak else None
     run.gpu_util_pct, run.gpu_mem_util_pct = _mean(gpu_util), _mean(gpu_mem)

@@ -40,24 +40,25 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
     lines = [
         f"# Results: {len(done)} finished run(s), {len(runs) - len(done)} failed or partial",
         "",
-        ("| scheme | layout tp×pp×dp | throughput (samples/s) [1] | comm share (%) [2] | dp comm (%) [3] "
-         "| GPU util (%) [4] | GPU mem util (%) [5] | process CPU (%) [6] | peak mem (MiB) [7] "
+        ("| scheme | layout tp×pp×dp | throughput (samples/s) [1] | comm share (%) [2] | dp comm exposed (%) [3] "
+         "| dp comm overlapped (%) [3] | GPU util (%) [4] | GPU mem util (%) [5] | process CPU (%) [6] | peak mem (MiB) [7] "
          "| HR@10 [8] | NDCG@10 [8] |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in done:
         comm, mark = _comm(run)
         lines.append(
             f"| {run.scheme} | {_layout(run)} | {_fmt(run.samples_per_s, '.1f')} | {_fmt(comm, '.1f', 100)}{mark} "
-            f"| {_fmt(run.comm_share_dp, '.1f', 100)} | {_fmt(run.gpu_util_pct, '.1f')} "
+            f"| {_fmt(run.comm_share_dp, '.1f', 100)} | {_fmt(run.dp_overlapped_share, '.1f', 100)} "
+            f"| {_fmt(run.gpu_util_pct, '.1f')} "
             f"| {_fmt(run.gpu_mem_util_pct, '.1f')} | {_fmt(run.cpu_util_pct, '.0f')} "
             f"| {_fmt(run.peak_mem_bytes, '.0f', 1 / 2**20)} | {_fmt(run.metric(protocol, 'HR@10'), '.4f')} "
             f"| {_fmt(run.metric(protocol, 'NDCG@10'), '.4f')} |")
     if not done:
-        lines.append("| (no finished runs) |  |  |  |  |  |  |  |  |  |  |")
+        lines.append("| (no finished runs) |  |  |  |  |  |  |  |  |  |  |  |")
     baseline = next((r.baseline.get(protocol) for r in done if r.baseline.get(protocol)), None)
     if baseline:  # the same data and candidates for every run of a sweep: one reference row
-        lines.append(f"| most-popular baseline [9] |  |  |  |  |  |  |  |  | {_fmt(baseline.get('HR@10'), '.4f')} "
+        lines.append("| most-popular baseline [9] |" + "  |" * 9 + f" {_fmt(baseline.get('HR@10'), '.4f')} "
                      f"| {_fmt(baseline.get('NDCG@10'), '.4f')} |")
     reasons = sorted({r.nvml_absent_reason for r in done if r.nvml_absent_reason})
     lines += [
@@ -68,7 +69,11 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
          f"+ dp_comm + tp_comm + pp_p2p) / step wall time, mean over steps (first {skip_steps} skipped as "
          "warm-up) and then over ranks. Pipeline bubble (waiting for the neighbouring stage) is not counted as "
          "communication. `*` = no telemetry: the trainer's summary comm_share (dp comm time / step time)."),
-        "[3] Data-parallel gradient communication only: (dp_comm_intra + dp_comm_cross + dp_comm) / step time.",
+        ("[3] Data-parallel gradient communication only. Exposed: what the step waited for, (dp_comm_intra + "
+         "dp_comm_cross + dp_comm) / step time (all of it when the sync runs after backward). Overlapped: "
+         "seconds GradSync's worker communicated while the step computed (allreduce.overlap, async), "
+         "dp_comm_overlapped_s / step time; hidden, so not part of the step time. n/a = no GradSync or "
+         "telemetry without it."),
         ("[4] NVML GPU utilization (percent of time a kernel ran), mean over all samples of all GPUs of all "
          "ranks. n/a = no NVML samples: NVML absent" + (f" ({'; '.join(reasons)})" if reasons else "")
          + " or no sampler in the run (see Notes); no GPU numbers are made up."),
@@ -93,7 +98,7 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
 
 CSV_COLUMNS = [
     "scheme", "status", "reason", "path", "tp", "pp", "dp", "allreduce_algorithm", "codec", "topk_ratio",
-    "steps", "samples_per_s", "wall_s", "comm_share_all", "comm_share_dp", "summary_comm_share",
+    "steps", "samples_per_s", "wall_s", "comm_share_all", "comm_share_dp", "dp_overlapped_share", "summary_comm_share",
     "gpu_util_pct", "gpu_mem_util_pct", "process_cpu_util_pct", "peak_mem_bytes",
     "dp_bytes_intra_per_step", "dp_bytes_cross_per_step", "hr_at_10", "ndcg_at_10", "protocol",
 ] + [f"share_{p}" for p in PHASES] + [f"mean_{p}_s" for p in PHASES]
@@ -111,6 +116,7 @@ def csv_text(runs: list[Run], protocol: str) -> str:
             "allreduce_algorithm": run.algorithm, "codec": run.codec, "topk_ratio": run.ratio,
             "steps": run.steps, "samples_per_s": run.samples_per_s, "wall_s": run.wall_s,
             "comm_share_all": run.comm_share_all, "comm_share_dp": run.comm_share_dp,
+            "dp_overlapped_share": run.dp_overlapped_share,
             "summary_comm_share": run.summary_comm_share, "gpu_util_pct": run.gpu_util_pct,
             "gpu_mem_util_pct": run.gpu_mem_util_pct, "process_cpu_util_pct": run.cpu_util_pct,
             "peak_mem_bytes": run.peak_mem_bytes, "dp_bytes_intra_per_step": run.dp_bytes_intra,

@@ -54,7 +54,8 @@ def test_table_rows_come_from_the_run_files(sweep: Path) -> None:
     assert cells[2] == f"{summary['samples_per_s']:.1f}"
     assert cells[-2] == f"{summary['metrics']['uni100']['HR@10']:.4f}"
     assert cells[-1] == f"{summary['metrics']['uni100']['NDCG@10']:.4f}"
-    assert cells[5] == "n/a" and cells[6] == "n/a"  # no NVML here: no GPU numbers
+    assert cells[6] == "n/a" and cells[7] == "n/a"  # no NVML here: no GPU numbers
+    assert cells[4] == f"{100 * dense.comm_share_dp:.1f}" and cells[5] == "0.0"  # exposed; nothing overlapped
     assert "NVML Shared Library Not Found" in md or "nvmlInit failed" in md
     assert 0 < dense.comm_share_all < 1 and dense.comm_share_all == dense.comm_share_dp
     assert cells[3] == f"{100 * dense.comm_share_all:.1f}"

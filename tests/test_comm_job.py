@@ -94,3 +94,24 @@ def test_choice_fields_are_refused_when_hydra_composes() -> None:
         with pytest.raises(ConfigCompositionException, match="allreduce.mode=local-sgd") as refused:
             compose("config", overrides=["allreduce.mode=local-sgd"])
     assert "expected one of [sync, async, local_sgd]" in str(refused.value.__cause__)
+
+
+@pytest.mark.slow
+def test_overlapped_sync_job_gives_the_same_loss_curve_as_after_backward(tmp_path: Path) -> None:
+    """allreduce.overlap=true through the whole job (megatron buckets started from backward hooks,
+    GradSync on its worker, Adam, clipping, 2 micro-batches per rank) trains exactly like overlap=false."""
+    from hybridrec.telemetry.recorder import read_run
+
+    common = ["allreduce=hierarchical", "allreduce.topology=single", "allreduce.bucket_mb=0.02",
+              "compression.codec=topk", "compression.ratio=0.05", "parallel.micro_batch_size=4",
+              "train.checkpoint_every=0", "telemetry=default"]
+    off = torchrun_job(tmp_path / "off", [*common, "allreduce.overlap=false"])
+    on = torchrun_job(tmp_path / "on", [*common, "allreduce.overlap=true"])
+    assert off["status"] == on["status"] == "done"
+    assert on["loss_curve"] == off["loss_curve"]  # exactly, every step
+    assert on["comm"]["sync"].endswith(" overlap") and not off["comm"]["sync"].endswith(" overlap")
+    steps_on = read_run(tmp_path / "on")[0]["steps"]
+    steps_off = read_run(tmp_path / "off")[0]["steps"]
+    assert steps_on["dp_comm_overlapped_s"][1:].max() > 0  # from step 2 buckets sync during backward
+    assert steps_off["dp_comm_overlapped_s"].max() == 0.0
+    assert (steps_off["dp_comm_exposed_s"] > 0).all()

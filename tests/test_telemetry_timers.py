@@ -130,3 +130,21 @@ def test_module_level_phase_is_noop_without_installed_timers() -> None:
         assert _t(timers.end_step(), "dp_comm_cross") == 1.0
     finally:
         timers_mod.install(None)
+
+
+def test_overlapped_comm_seconds_stay_outside_the_phase_sum() -> None:
+    """Exposed dp communication is the dp phases; the worker's overlapped seconds are reported beside
+    them and do not enter the wall-time sum."""
+    ticks = iter([0.0, 0.0, 0.0, 1.0, 1.0, 1.5, 2.0])
+    timers = PhaseTimers(clock=lambda: next(ticks), cuda_sync=False)
+    timers.begin_step()
+    timers("backward-compute").start()
+    timers("backward-compute").stop()
+    timers("all-grads-sync").start()
+    timers("all-grads-sync").stop()
+    timers.add_comm_seconds(worker_s=1.25, overlapped_s=0.75)
+    summary = timers.end_step()
+    assert summary["wall_s"] == 2.0 == sum(summary[f"t_{p}_s"] for p in PHASES)
+    assert summary["dp_comm_exposed_s"] == 0.5 == summary["t_dp_comm_s"]
+    assert summary["dp_comm_overlapped_s"] == 0.75 and summary["dp_comm_worker_s"] == 1.25
+    assert summary["dp_overlap_share"] == 0.75 / 1.25

@@ -90,8 +90,13 @@ def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
     if spec.get("load_full"):  # evaluate a checkpoint of any layout, reassembled from full tensors
         _, full = checkpoint.load_full_state(spec["load_full"])
         checkpoint.apply_full_state(chunks, infos, full)
+    comm = _grad_sync_comm(spec, layout, rank, world)
     trainer = Trainer(chunks, tconfig, layout, TrainConfig(lr=spec["lr"], clip_grad=1.0),
-                      use_distributed_optimizer=spec["distopt"])
+                      use_distributed_optimizer=spec["distopt"],
+                      finalize_model_grads_func=comm.finalize_model_grads if comm else None,
+                      ddp_options=comm.ddp_options if comm else None)
+    if comm is not None:
+        comm.attach(trainer)
     data = tiny_data()
     from megatron.core import parallel_state as ps
 
@@ -124,8 +129,25 @@ def _worker(rank: int, world: int, spec: dict[str, Any]) -> None:
                   "dp_group": ps.get_data_parallel_world_size()}
         Path(spec["out"]).write_text(json.dumps(record))
     dist.barrier()
+    if comm is not None:
+        comm.close()
     parallel.destroy()
     dist.destroy_process_group()
+
+
+def _grad_sync_comm(spec: dict[str, Any], layout: Any, rank: int, world: int) -> Any:
+    """spec['allreduce'] (AllreduceConfig fields, e.g. algorithm, overlap): the job's GradSync wiring
+    (`comm.grad_sync_comm`) with even ranks in rack a, odd ranks in rack b; None keeps
+    megatron's own DDP reduction."""
+    if not spec.get("allreduce"):
+        return None
+    from hybridrec.config.comm import AllreduceConfig, CompressionConfig
+    from hybridrec.distributed.comm import grad_sync_comm
+    from hybridrec.topology import RackMap
+
+    racks = RackMap.from_racks_list(["a" if r % 2 == 0 else "b" for r in range(world)])
+    return grad_sync_comm(racks, layout.groups("dp"), AllreduceConfig(**spec["allreduce"]),
+                          CompressionConfig(**spec.get("compression", {})), rank)
 
 
 def run_layout(tp: int = 1, pp: int = 1, dp: int = 1, vpp: int = 1, *, steps: int = 4, mbs: int = 2,

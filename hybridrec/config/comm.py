@@ -76,6 +76,10 @@ class AllreduceConfig:
     # used when topology=config: rack name -> list of hostnames
     racks: dict[str, list[str]] = field(default_factory=dict)
     bucket_mb: float = 25.0
+    # start each megatron gradient bucket's sync during backward, as soon as its gradients are ready
+    # (flat/hierarchical: GradSync on a FIFO worker; megatron: DDP's overlap_grad_reduce); false =
+    # after backward. Same buckets, same order, bit-identical results either way.
+    overlap: bool = False
     # GPU runs: false = gradient groups use the tensors' backend (NCCL) and buckets stay on the GPU;
     # true = stage every bucket through host memory and gloo groups (e.g. no NCCL between nodes)
     cpu_staging: bool = False

@@ -18,6 +18,13 @@ Device: buckets, snapshots, codec payloads and error-feedback residuals live on 
 device, and the groups carry that device's backend (NCCL on GPU). Only when the groups were built
 with `cpu_staging` (config `allreduce.cpu_staging`) each bucket is copied to host memory for the
 collectives (gloo) and copied back; residuals then live on the host.
+
+Split calls (the overlapped megatron path, `hybridrec.distributed.overlap`): `begin_call()` once
+per synced set and step, then `start_(tensors, average, name, background)` when the tensors are
+final (background: the reduction runs on the FIFO worker while the caller goes on) and
+`finish_(handle)` when the result is needed. `reduce_` is exactly begin_call + start_ + finish_, so
+the split path gives bit-identical results. `clock` records the worker's busy intervals and the
+caller's waits, for exposed vs overlapped communication time.
 """
 
 from __future__ import annotations
@@ -35,9 +42,21 @@ from hybridrec.distributed.accounting import ByteCounter
 from hybridrec.distributed.allreduce import CommGroups, ReduceContext, get_algorithm
 from hybridrec.distributed.compression import Codec, make_codec
 from hybridrec.distributed.compression.none import NoneCodec
+from hybridrec.distributed.overlap import CommClock
 from hybridrec.errors import ConfigError
 
 Segment = tuple[int, int, int]  # (tensor index, start element, end element)
+
+
+@dataclass
+class PendingReduce:
+    """What `GradSync.start_` began: the tensors, their bucket plan, the set's name, and the
+    background reduction (sync mode with background=True)."""
+
+    tensors: list[torch.Tensor]
+    plan: list[list[Segment]]
+    name: str
+    future: Future | None = None
 
 
 @dataclass(frozen=True)
@@ -101,7 +120,8 @@ class GradSync:
         self.local_steps = 0
         self._plans: dict[tuple[str, tuple[int, ...]], list[list[Segment]]] = {}
         self._pending: dict[str, collections.deque[Future]] = collections.defaultdict(collections.deque)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradsync") if mode == "async" else None
+        self._worker: ThreadPoolExecutor | None = None  # the FIFO worker, started on first use
+        self.clock = CommClock()
 
     @classmethod
     def from_config(
@@ -135,26 +155,62 @@ class GradSync:
     def reduce_(self, tensors: list[torch.Tensor], average: bool, name: str = "") -> None:
         """Sum (or average) `tensors` in place across the group per the mode; `name` keeps separate
         buckets / residuals / queues for separately synced sets (e.g. megatron model chunks)."""
+        self.begin_call()
+        self.finish_(self.start_(tensors, average, name))
+
+    def begin_call(self) -> None:
+        """Once per synced set and step, before its first `start_`: counts the call, straggles."""
         self.calls += 1
+        if self.mode != "local_sgd":
+            self._maybe_straggle()
+
+    def start_(self, tensors: list[torch.Tensor], average: bool, name: str = "",
+               background: bool = False) -> PendingReduce:
+        """Begin reducing `tensors` (final from here on): sync runs now, or on the FIFO worker with
+        `background`; async snapshots them and queues the reduction; local_sgd does nothing."""
+        plan = self._plan(tensors, name)
+        handle = PendingReduce(tensors, plan, name)
+        if self.mode == "local_sgd":
+            return handle
+        if self.mode == "sync":
+            if background:
+                handle.future = self.submit(self._reduce_in_place, tensors, plan, average, name)
+            else:
+                self._reduce_in_place(tensors, plan, average, name)
+            return handle
+        snapshot = [self._stage(_gather(tensors, segments)) for segments in plan]
+        self._pending[name].append(self.submit(self._reduce_snapshot, snapshot, average, name))
+        return handle
+
+    def finish_(self, handle: PendingReduce) -> None:
+        """Complete a `start_`: wait for a background sync; async writes back the result queued
+        `staleness` calls earlier (zeros while there is none)."""
         if self.mode == "local_sgd":
             return
-        self._maybe_straggle()
-        plan = self._plan(tensors, name)
         if self.mode == "sync":
-            for index, segments in enumerate(plan):
-                self._reduce_bucket(tensors, segments, average, f"{name}b{index}", self.ctx)
+            if handle.future is not None:
+                self.clock.wait(handle.future)
             return
-        snapshot = [self._stage(_gather(tensors, segments)) for segments in plan]
-        assert self._worker is not None
-        queue = self._pending[name]
-        queue.append(self._worker.submit(self._reduce_snapshot, snapshot, average, name))
+        queue = self._pending[handle.name]
         if len(queue) > self.staleness:
-            reduced = queue.popleft().result()
-            for segments, flat in zip(plan, reduced):
-                _scatter(tensors, segments, flat)
+            reduced = self.clock.wait(queue.popleft())
+            for segments, flat in zip(handle.plan, reduced):
+                _scatter(handle.tensors, segments, flat)
         else:
-            for tensor in tensors:
+            for tensor in handle.tensors:
                 tensor.zero_()
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        """Run `fn(*args)` on the single FIFO worker thread (every rank issues collectives in the
+        order of its submissions); its busy time goes to `clock`."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradsync")
+        return self._worker.submit(self.clock.timed, fn, *args)
+
+    def _reduce_in_place(self, tensors: list[torch.Tensor], plan: list[list[Segment]], average: bool,
+                         name: str) -> None:
+        for index, segments in enumerate(plan):
+            self._reduce_bucket(tensors, segments, average, f"{name}b{index}", self.ctx)
 
     def _reduce_snapshot(self, snapshot: list[torch.Tensor], average: bool, name: str) -> list[torch.Tensor]:
         for index, flat in enumerate(snapshot):

@@ -25,11 +25,14 @@ class Telemetry:
         if self.timers is not None:
             self.timers.begin_step()
 
-    def end_step(self, samples: int, tokens: int, byte_counts: dict[str, int] | None) -> dict[str, float]:
+    def end_step(self, samples: int, tokens: int, byte_counts: dict[str, int] | None,
+                 comm_seconds: dict[str, float] | None = None) -> dict[str, float]:
         if self.timers is None:
             return {}
         if byte_counts is not None:
             self.timers.add_byte_counts(byte_counts)
+        if comm_seconds is not None:
+            self.timers.add_comm_seconds(comm_seconds["worker_s"], comm_seconds["overlapped_s"])
         return self.timers.end_step(samples=samples, tokens=tokens)
 
     def record_step(self, step: int, metrics: dict[str, float]) -> None:

@@ -12,6 +12,11 @@ everything else; the tensor-parallel collectives run inside 'forward-compute'), 
 double count and `sum(phases) == step wall time` exactly; time inside no mapped timer goes to 'other'.
 How much of the step the named phases explain is `1 - other / wall` (the coverage).
 
+Data-parallel communication that overlaps backward runs on GradSync's worker thread, outside these
+phases: the dp phases are the *exposed* part (what the step waited for; `dp_comm_exposed_s`), and
+`add_comm_seconds` adds the worker's busy and *overlapped* seconds (`dp_comm_overlapped_s`, busy time
+outside the waits; `dp_overlap_share` = overlapped / (overlapped + exposed)).
+
 Pipeline receives ('forward-recv', 'backward-send-forward-recv', ...) block until the neighbouring stage
 has produced its tensor, so their time is waiting (bubble) plus transfer. Per step we estimate the
 transfer part as (number of receives) x (fastest receive of the step) and call the rest the bubble:
@@ -200,6 +205,12 @@ class PhaseTimers:
         self._bytes_intra += int(intra_rack)
         self._bytes_cross += int(cross_rack)
 
+    def add_comm_seconds(self, worker_s: float = 0.0, overlapped_s: float = 0.0) -> None:
+        """Add the gradient-sync worker's seconds of this step (GradSync's CommClock.step()):
+        busy time, and the part of it the step did not wait for (overlapped with compute)."""
+        self._comm_worker += float(worker_s)
+        self._comm_overlapped += float(overlapped_s)
+
     def add_byte_counts(self, counts: dict[str, int]) -> None:
         """Add a ByteCounter.step_end() dict ('bytes/intra_rack', 'bytes/cross_rack')."""
         self.add_bytes(counts.get("bytes/intra_rack", 0), counts.get("bytes/cross_rack", 0))
@@ -227,6 +238,14 @@ class PhaseTimers:
         summary["comm_share_dp"] = sum(totals.get(p, 0.0) for p in DP_PHASES) / wall if wall > 0 else 0.0
         summary["comm_share_all"] = sum(totals.get(p, 0.0) for p in COMM_PHASES) / wall if wall > 0 else 0.0
         summary["coverage"] = 1.0 - totals.get("other", 0.0) / wall if wall > 0 else 0.0
+        # exposed dp communication = what the step waited for (the dp phases, inside wall_s);
+        # overlapped = the sync worker's busy time outside those waits (hidden behind compute, not a phase)
+        exposed = sum(totals.get(p, 0.0) for p in DP_PHASES)
+        summary["dp_comm_exposed_s"] = exposed
+        summary["dp_comm_overlapped_s"] = self._comm_overlapped
+        summary["dp_comm_worker_s"] = self._comm_worker
+        hidden_total = exposed + self._comm_overlapped
+        summary["dp_overlap_share"] = self._comm_overlapped / hidden_total if hidden_total > 0 else 0.0
         summary["peak_mem_bytes"] = float(peak_memory_bytes()[0])
         self._in_step = False
         self.last_summary = summary
@@ -258,6 +277,8 @@ class PhaseTimers:
         self._recv_open: dict[int, float] = {}
         self._bytes_intra = 0
         self._bytes_cross = 0
+        self._comm_worker = 0.0
+        self._comm_overlapped = 0.0
 
     def _sync(self, barrier: bool) -> None:
         torch = sys.modules.get("torch")

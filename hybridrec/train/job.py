@@ -71,7 +71,8 @@ class Job:
                                use_distributed_optimizer=cfg.parallel.use_distributed_optimizer,
                                mask_padding_keys=cfg.model.mask_padding_keys,
                                finalize_model_grads_func=finalize,
-                               timers=self.telemetry.trainer_timers)
+                               timers=self.telemetry.trainer_timers, ddp_options=self.comm.ddp_options)
+        self.comm.attach(self.trainer)  # megatron's bucket starts -> GradSync (overlap), no_sync_func
 
     # -- checkpoints ------------------------------------------------------------------------------
     @property

@@ -77,7 +77,8 @@ class Trainer:
 
     def __init__(self, chunks: list[torch.nn.Module], tconfig: Any, layout: LayoutLike, train_cfg: TrainConfig,
                  *, use_distributed_optimizer: bool = False, mask_padding_keys: bool = True,
-                 finalize_model_grads_func: Callable[..., None] | None = None, timers: Any = None):
+                 finalize_model_grads_func: Callable[..., None] | None = None, timers: Any = None,
+                 ddp_options: dict[str, Any] | None = None):
         from megatron.core import parallel_state as ps
         from megatron.core.distributed import (
             DistributedDataParallel,
@@ -91,9 +92,9 @@ class Trainer:
         validate_train(train_cfg)
         self.layout, self.tconfig, self.mask_padding_keys = layout, tconfig, mask_padding_keys
         self.label_smoothing = train_cfg.label_smoothing
-        ddp_config = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-            use_distributed_optimizer=use_distributed_optimizer)
+        ddp_config = DistributedDataParallelConfig(  # ddp_options: Comm.ddp_options (bucketing, overlap)
+            grad_reduce_in_fp32=True, use_distributed_optimizer=use_distributed_optimizer,
+            **(ddp_options or {"overlap_grad_reduce": False}))
         self.chunks = [DistributedDataParallel(config=tconfig, ddp_config=ddp_config, module=chunk,
                                                disable_bucketing=index > 0)
                        for index, chunk in enumerate(chunks)]

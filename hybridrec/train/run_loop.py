@@ -31,7 +31,8 @@ def train(job: Any, hooks: list[StepHook]) -> dict[str, Any]:
         result = job.trainer.train_step(batch)
         job.comm.after_step(result.step, job.trainer.chunks)
         metrics: dict[str, Any] = {"loss": result.loss, "grad_norm": result.grad_norm or 0.0}
-        metrics.update(job.telemetry.end_step(result.samples, int(batch.mask.sum()), job.comm.step_byte_counts()))
+        metrics.update(job.telemetry.end_step(result.samples, int(batch.mask.sum()), job.comm.step_byte_counts(),
+                                              job.comm.step_comm_seconds()))
         samples, seconds = samples + result.samples, seconds + result.seconds
         losses.append([result.step, result.loss])
         if "comm_share_all" in metrics:
