@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.spawn import run_ranks
 
 from hybridrec.io import atomic_write_json
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hybridrec.distributed.allreduce.launch import run_ranks
+from hybridrec.distributed.spawn import run_ranks
 
 from hybridrec.distributed.overlap import CommClock, overlapped_seconds
 
