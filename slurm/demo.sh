@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-100}   # enough for the tiny model to beat most-popular (10 steps did not)
+STEPS=${STEPS:-40}   # 16 ranks share the cores: 100 steps took ~12 min here; 10 did not beat most-popular
 # shellcheck disable=SC2206
 ARGS=(+experiment=topk_sweep model=sasrec_tiny "train.steps=$STEPS" "train.log_every=$((STEPS / 4))" ${SWEEP:-})
 reason=""
