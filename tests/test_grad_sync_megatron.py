@@ -17,15 +17,15 @@ CASES = {
 }
 
 
-def _tiny_gpt_ddp(average_in_collective: bool):
-    from megatron.core import parallel_state
+def tiny_gpt_ddp(**ddp_options):
+    """A 2-layer megatron GPT (seeded, dropout off) in megatron DDP with `ddp_options`; shared with
+    tests/test_overlap.py."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    del parallel_state
     torch.manual_seed(1)
     model_parallel_cuda_manual_seed(1)
     config = TransformerConfig(
@@ -35,8 +35,11 @@ def _tiny_gpt_ddp(average_in_collective: bool):
     )
     model = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=64,
                      max_sequence_length=16, position_embedding_type="learned_absolute")
-    ddp_config = DistributedDataParallelConfig(overlap_grad_reduce=False, average_in_collective=average_in_collective)
-    return DistributedDataParallel(config, ddp_config, model)
+    return DistributedDataParallel(config, DistributedDataParallelConfig(**ddp_options), model)
+
+
+def _tiny_gpt_ddp(average_in_collective: bool):
+    return tiny_gpt_ddp(overlap_grad_reduce=False, average_in_collective=average_in_collective)
 
 
 def _backward(ddp, rank: int) -> None:

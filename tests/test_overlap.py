@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hybridrec.distributed.spawn import run_ranks
 
 from hybridrec.distributed.overlap import CommClock, overlapped_seconds
+from hybridrec.distributed.spawn import run_ranks
 
 RACKS = ["a", "a", "b", "b"]
 STEPS = 3
@@ -35,23 +35,9 @@ BUCKET_ELEMS = 3000  # megatron buckets (~10 for the tiny model); GradSync split
 
 
 def _tiny_gpt_ddp(overlap_grad_reduce: bool):
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
-    from megatron.core.models.gpt import GPTModel
-    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
-    from megatron.core.transformer.transformer_config import TransformerConfig
+    from test_grad_sync_megatron import tiny_gpt_ddp
 
-    torch.manual_seed(1)
-    model_parallel_cuda_manual_seed(1)
-    config = TransformerConfig(
-        num_layers=2, hidden_size=32, num_attention_heads=4, use_cpu_initialization=True,
-        hidden_dropout=0.0, attention_dropout=0.0, bias_dropout_fusion=False, masked_softmax_fusion=False,
-        gradient_accumulation_fusion=False, apply_rope_fusion=False,
-    )
-    model = GPTModel(config=config, transformer_layer_spec=get_gpt_layer_local_spec(), vocab_size=64,
-                     max_sequence_length=16, position_embedding_type="learned_absolute")
-    ddp_config = DistributedDataParallelConfig(overlap_grad_reduce=overlap_grad_reduce, bucket_size=BUCKET_ELEMS)
-    return DistributedDataParallel(config, ddp_config, model)
+    return tiny_gpt_ddp(overlap_grad_reduce=overlap_grad_reduce, bucket_size=BUCKET_ELEMS)
 
 
 def _backward(ddp, rank: int, step: int) -> None:
