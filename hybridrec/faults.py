@@ -203,6 +203,7 @@ def worker(steps: int, step_seconds: float, timeout_s: float) -> int:
     import torch
     import torch.distributed as dist
 
+    from hybridrec import console
     from hybridrec.distributed import backend
     from hybridrec.distributed.env import DistEnv, init_process_group
 
@@ -222,11 +223,16 @@ def worker(steps: int, step_seconds: float, timeout_s: float) -> int:
     except InjectedFault:
         raise
     except Exception as err:
+        console.linger_if_peer_loss(err)
         raise RuntimeError(f"rank {rank} on host {env.hostname}: collective failed at step {step} "
                            f"(another rank died or hung): {type(err).__name__}: {err}") from err
+    finally:
+        # on the failure path too (as hybridrec.main does): left to interpreter shutdown, gloo's threads
+        # can abort the process ("terminate called without an active exception", SIGABRT) and the
+        # launcher would report -6 instead of the rank's own exit code (measured: 2 runs in 8)
+        dist.destroy_process_group()
     if rank == 0:
         print(f"done {steps}", flush=True)
-    dist.destroy_process_group()
     return 0
 
 

@@ -44,6 +44,7 @@ def main(cfg: DictConfig) -> dict:
         raise
     except BaseException as exc:
         console.report_failure(exc, run_cfg, log_path=log_path)
+        console.linger_if_peer_loss(exc)
         if interactive:  # the short lines above are the report; Hydra would add the traceback again
             raise SystemExit(2 if isinstance(exc, ConfigError) else 1) from None
         raise  # multirun / Slurm: the launcher records the failure

@@ -220,6 +220,16 @@ def test_failure_lines_name_the_failing_rank_once() -> None:
     assert failure_lines(own, 0, 1, None) == ["failed: /d/x.csv: line 3: 2 fields, expected 4"]
 
 
+def test_only_a_rank_that_lost_a_peer_lingers_before_exiting(monkeypatch) -> None:
+    from hybridrec import console
+
+    slept: list[float] = []
+    monkeypatch.setattr(console.time, "sleep", slept.append)
+    console.linger_if_peer_loss(RuntimeError("[pair.cc:534] Connection closed by peer [127.0.0.1]:4242"))
+    console.linger_if_peer_loss(RuntimeError("injected fault: rank 1 on host vm"))
+    assert slept == [console.PEER_LOSS_GRACE_S]  # the bystander waits; the rank that failed first does not
+
+
 def test_skipped_lines_are_counted_per_reason_for_the_summary_and_the_console(tmp_path: Path) -> None:
     from hybridrec.config.data import DataConfig
     from hybridrec.data.processed import process, read_raw
