@@ -66,8 +66,10 @@ def run(cfg: RunConfig) -> dict[str, Any]:
 
     On `Preempted` no summary is written (the requeued attempt writes the result) and the process
     group stays up for the requeue wrapper's barriers (`jobs.requeue.run_requeueable`)."""
+    from hybridrec.distributed.env import configure_threads
     from hybridrec.train.job import start_process_group
 
+    configure_threads()  # here, not in one entry point: the Hydra job and jobs.submit's task both land here
     start = time.perf_counter()
     summary: dict[str, Any] = {"config": dataclasses.asdict(cfg), "status": "failed", "error": None}
     job = None

@@ -7,7 +7,8 @@ a refused run prints one line per problem and writes nothing. The run goes throu
 requeues the Slurm job); a restarted job (SLURM_RESTART_COUNT > 0) resumes from the latest checkpoint
 (`train.resume=auto`). Console: library INFO and warnings go to the run's log file; a failure prints one
 short line (its traceback goes to the log file; `HYDRA_FULL_ERROR=1` shows it on the console).
-Threads per rank: `hybridrec.distributed.env.configure_threads` (SLURM_CPUS_PER_TASK under Slurm)."""
+Threads per rank: `hybridrec.main.run` calls `hybridrec.distributed.env.configure_threads`
+(SLURM_CPUS_PER_TASK under Slurm) for every launcher."""
 
 from __future__ import annotations
 
@@ -28,8 +29,6 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> dict:
-    from hybridrec.distributed.env import configure_threads
-
     hydra_cfg = HydraConfig.get()
     interactive = hydra_cfg.mode == RunMode.RUN and not console.full_errors()
     log_path = console.quiet_libraries()
@@ -38,7 +37,6 @@ def main(cfg: DictConfig) -> dict:
         run_cfg = to_run_config(cfg)
         if not run_cfg.output_dir:
             run_cfg.output_dir = hydra_cfg.runtime.output_dir
-        configure_threads()
         summary = _run(run_cfg, list(hydra_cfg.overrides.task))
     except SystemExit:
         raise

@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
-# Demo: a small sweep as 2-node Slurm jobs on a private local cluster (up -> submit -> wait -> collect -> down).
-# Without root or Slurm it says why and runs the same sweep through hydra/launcher=local instead.
-#   slurm/demo.sh                                          # conf/experiment/topk_sweep.yaml: dense vs top-k 1/10/50 %
-#   SWEEP="+experiment/codec=dense,topk10pct" STEPS=20 slurm/demo.sh
+# Demo: a small sweep as multi-node Slurm jobs on a private local cluster (up -> submit -> wait -> collect -> down).
+# As root: 4 nodes in 2 racks, each rack's slurmd inside its own network namespace behind a shaped uplink
+# (RATE, default 10mbit), racks read from Slurm's topology; conf/experiment/demo.yaml sweeps flat vs
+# hierarchical all-reduce, top-k 1 % / 10 % on the cross-rack hop and a pp2 x dp2 layout, one job at a time.
+# Without root or Slurm it says why and runs the codec points through hydra/launcher=local (one rank each).
+#   slurm/demo.sh
+#   RATE=100mbit STEPS=80 slurm/demo.sh
+#   SWEEP="+experiment/demo_point=flat,hierarchical" slurm/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-40}   # 16 ranks share the cores: 100 steps took ~12 min here; 10 did not beat most-popular
+STEPS=${STEPS:-40}   # 40 steps of 4 ranks: ~20 s of training per point here, and above most-popular
+RATE=${RATE:-10mbit}
 # shellcheck disable=SC2206
-ARGS=(+experiment=topk_sweep model=sasrec_tiny "train.steps=$STEPS" "train.log_every=$((STEPS / 4))" ${SWEEP:-})
+ARGS=(+experiment=demo "train.steps=$STEPS" "train.log_every=$((STEPS / 4))" ${SWEEP:-})
 reason=""
 [ "$(id -u)" = 0 ] || reason="not root (the local cluster needs namespaces)"
 command -v slurmctld >/dev/null || reason="Slurm is not installed (scripts/install.sh installs it as root)"
 if [ -n "$reason" ]; then
   echo "demo: no local Slurm cluster: $reason; running the sweep with hydra/launcher=local"
-  $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single
+  $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single \
+    "+experiment/demo_point=${LOCAL_POINTS:-hierarchical,hier_topk1pct,hier_topk10pct}"
   $PY -m analysis.collect "$OUT"   # prints the table, writes it and the plots to $OUT/analysis
   exit 0
 fi
 BASE=$(mktemp -d /tmp/hybridrec-demo-XXXX)
 trap '$PY -m hybridrec.testbed.cluster down --base "$BASE" && rm -rf "$BASE"' EXIT
-$PY -m hybridrec.testbed.cluster up --base "$BASE" --cpus 4 > "$BASE/up.log"; head -1 "$BASE/up.log"
+# one CPU per node: a point takes all 4 nodes, so the points run one after another and are timed alone
+$PY -m hybridrec.testbed.cluster up --base "$BASE" --racks 2 --nodes-per-rack 2 --cpus 1 --in-racks --rate "$RATE" \
+  > "$BASE/up.log"; head -1 "$BASE/up.log"; echo "demo: 2 racks x 2 nodes, uplinks shaped to $RATE"
 export SLURM_CONF=$BASE/etc/slurm.conf
 $PY -m jobs.submit --sweep-dir "$OUT" "${ARGS[@]}"
 $PY -m jobs.sweep wait "$OUT" --timeout 3600 || true   # progress lines, then each point's state

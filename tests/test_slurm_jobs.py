@@ -175,6 +175,7 @@ def test_real_training_job_two_nodes_two_tasks_writes_one_summary(slurm_env, tmp
     assert [row["state"] for row in rows] == ["done"], rows
     summary = json.loads((Path(manifest["points"][0]["dir"]) / "summary.json").read_text())
     assert summary["status"] == "done" and summary["layout"]["dp"] == 4 and summary["steps"] == 4
+    assert summary["threads_per_rank"] == 1  # the task's one CPU (cpus_per_task=1), not torch's default of 2
 
 
 @pytest.mark.slow
