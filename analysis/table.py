@@ -9,6 +9,8 @@ from analysis.runs import Run
 from hybridrec.telemetry.timers import PHASES
 
 PROTOCOL_PREFERENCE = ("uni100", "pop100", "full")
+# the two full-ranking conventions (history included / input window excluded) always shown beside the main one
+FULL_RANKING = ("full", "full_excl")
 
 
 def pick_protocol(runs: list[Run], requested: str | None) -> str:
@@ -19,6 +21,12 @@ def pick_protocol(runs: list[Run], requested: str | None) -> str:
         if protocol in present:
             return protocol
     return min(present) if present else "uni100"
+
+
+def shown_protocols(runs: list[Run], protocol: str) -> list[str]:
+    """The protocol asked for first, then each full-ranking convention the runs have (side by side)."""
+    present = {p for run in runs for p in run.metrics}
+    return [protocol] + [p for p in FULL_RANKING if p in present and p != protocol]
 
 
 def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
@@ -37,29 +45,34 @@ def _comm(run: Run) -> tuple[float | None, str]:
 
 def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
     done = [r for r in runs if r.status == "done"]
+    protocols = shown_protocols(done, protocol)
+    metric_heads = "".join(f"| HR@10 {p} [8] | NDCG@10 {p} [8] " for p in protocols)
     lines = [
         f"# Results: {len(done)} finished run(s), {len(runs) - len(done)} failed or partial",
         "",
         ("| scheme | layout tp×pp×dp | throughput (samples/s) [1] | comm share (%) [2] | dp comm exposed (%) [3] "
          "| dp comm overlapped (%) [3] | GPU util (%) [4] | GPU mem util (%) [5] | process CPU (%) [6] | peak mem (MiB) [7] "
-         "| HR@10 [8] | NDCG@10 [8] |"),
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+         + metric_heads + "|"),
+        "|---|---|" + "---:|" * (8 + 2 * len(protocols)),
     ]
     for run in done:
         comm, mark = _comm(run)
+        metrics = "".join(f"| {_fmt(run.metric(p, 'HR@10'), '.4f')} | {_fmt(run.metric(p, 'NDCG@10'), '.4f')} "
+                          for p in protocols)
         lines.append(
             f"| {run.scheme} | {_layout(run)} | {_fmt(run.samples_per_s, '.1f')} | {_fmt(comm, '.1f', 100)}{mark} "
             f"| {_fmt(run.comm_share_dp, '.1f', 100)} | {_fmt(run.dp_overlapped_share, '.1f', 100)} "
             f"| {_fmt(run.gpu_util_pct, '.1f')} "
             f"| {_fmt(run.gpu_mem_util_pct, '.1f')} | {_fmt(run.cpu_util_pct, '.0f')} "
-            f"| {_fmt(run.peak_mem_bytes, '.0f', 1 / 2**20)} | {_fmt(run.metric(protocol, 'HR@10'), '.4f')} "
-            f"| {_fmt(run.metric(protocol, 'NDCG@10'), '.4f')} |")
+            f"| {_fmt(run.peak_mem_bytes, '.0f', 1 / 2**20)} " + metrics + "|")
     if not done:
-        lines.append("| (no finished runs) |  |  |  |  |  |  |  |  |  |  |  |")
-    baseline = next((r.baseline.get(protocol) for r in done if r.baseline.get(protocol)), None)
-    if baseline:  # the same data and candidates for every run of a sweep: one reference row
-        lines.append("| most-popular baseline [9] |" + "  |" * 9 + f" {_fmt(baseline.get('HR@10'), '.4f')} "
-                     f"| {_fmt(baseline.get('NDCG@10'), '.4f')} |")
+        lines.append("| (no finished runs) |" + "  |" * (9 + 2 * len(protocols)))
+    # the same data and candidates for every run of a sweep: one reference row
+    baselines = {p: next((r.baseline[p] for r in done if r.baseline.get(p)), None) for p in protocols}
+    if any(baselines.values()):
+        cells = "".join(f"| {_fmt((b or {}).get('HR@10'), '.4f')} | {_fmt((b or {}).get('NDCG@10'), '.4f')} "
+                        for b in baselines.values())
+        lines.append("| most-popular baseline [9] " + "|  " * 9 + cells + "|")
     reasons = sorted({r.nvml_absent_reason for r in done if r.nvml_absent_reason})
     lines += [
         "",
@@ -81,8 +94,10 @@ def markdown(runs: list[Run], protocol: str, skip_steps: int) -> str:
         ("[6] CPU time of the training process per wall second × 100 (100 = one core busy), mean over "
          "samples and ranks; sampled only where NVML is absent."),
         "[7] Peak memory per rank, max over ranks: torch.cuda.max_memory_allocated on GPU, max RSS on CPU.",
-        (f"[8] Leave-one-out evaluation, protocol '{protocol}' (uni100/pop100: target ranked against 100 "
-         "fixed uniform/popularity-sampled negatives; full: against all items), from summary.json."),
+        (f"[8] Leave-one-out evaluation, protocols {', '.join(protocols)} (uni100/pop100: target ranked against "
+         "100 fixed uniform/popularity-sampled negatives; full: against all items, the user's history included; "
+         "full_excl: against all items but the input window, as most published SASRec numbers use), from "
+         "summary.json."),
         ("[9] Items ranked by training-set popularity, on the same users, split and candidates "
          "(summary.json baseline_most_popular); a model below it has not learned the sequences."),
     ]
@@ -101,7 +116,8 @@ CSV_COLUMNS = [
     "steps", "samples_per_s", "wall_s", "comm_share_all", "comm_share_dp", "dp_overlapped_share", "summary_comm_share",
     "gpu_util_pct", "gpu_mem_util_pct", "process_cpu_util_pct", "peak_mem_bytes",
     "dp_bytes_intra_per_step", "dp_bytes_cross_per_step", "hr_at_10", "ndcg_at_10", "protocol",
-] + [f"share_{p}" for p in PHASES] + [f"mean_{p}_s" for p in PHASES]
+] + [f"{m}_at_10_{p}" for p in FULL_RANKING for m in ("hr", "ndcg")] \
+  + [f"share_{p}" for p in PHASES] + [f"mean_{p}_s" for p in PHASES]
 
 
 def csv_text(runs: list[Run], protocol: str) -> str:
@@ -123,6 +139,8 @@ def csv_text(runs: list[Run], protocol: str) -> str:
             "dp_bytes_cross_per_step": run.dp_bytes_cross, "hr_at_10": run.metric(protocol, "HR@10"),
             "ndcg_at_10": run.metric(protocol, "NDCG@10"), "protocol": protocol,
         }
+        for p in FULL_RANKING:
+            row.update({f"hr_at_10_{p}": run.metric(p, "HR@10"), f"ndcg_at_10_{p}": run.metric(p, "NDCG@10")})
         row.update({f"share_{p}": run.phase_share.get(p) for p in PHASES})
         row.update({f"mean_{p}_s": run.phase_mean_s.get(p) for p in PHASES})
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 OUT=${OUT:-runs/demo-$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-40}   # 40 steps of 4 ranks: ~20 s of training per point here, and above most-popular
+STEPS=${STEPS:-60}   # 60 steps of 4 ranks: 5-25 s of training per point here, and above most-popular
 RATE=${RATE:-10mbit}
 # shellcheck disable=SC2206
 ARGS=(+experiment=demo "train.steps=$STEPS" "train.log_every=$((STEPS / 4))" ${SWEEP:-})

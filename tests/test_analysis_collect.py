@@ -52,8 +52,12 @@ def test_table_rows_come_from_the_run_files(sweep: Path) -> None:
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1] == "1×1×2"
     assert cells[2] == f"{summary['samples_per_s']:.1f}"
-    assert cells[-2] == f"{summary['metrics']['uni100']['HR@10']:.4f}"
-    assert cells[-1] == f"{summary['metrics']['uni100']['NDCG@10']:.4f}"
+    header = next(line for line in md.splitlines() if line.startswith("| scheme |"))
+    column = {name.strip(): i for i, name in enumerate(header.strip("|").split("|"))}
+    for protocol in [p for p in ("uni100", "full", "full_excl") if p in summary["metrics"]]:
+        for name in ("HR@10", "NDCG@10"):
+            assert cells[column[f"{name} {protocol} [8]"]] == f"{summary['metrics'][protocol][name]:.4f}"
+    assert len(cells) == len(column)
     assert cells[6] == "n/a" and cells[7] == "n/a"  # no NVML here: no GPU numbers
     assert cells[4] == f"{100 * dense.comm_share_dp:.1f}" and cells[5] == "0.0"  # exposed; nothing overlapped
     assert "NVML Shared Library Not Found" in md or "nvmlInit failed" in md
@@ -126,4 +130,27 @@ def test_table_has_a_most_popular_row_from_the_summaries(tmp_path: Path) -> None
     md = collect(tmp_path)["markdown"]
     row = next(line for line in md.splitlines() if line.startswith("| most-popular baseline"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[-2:] == ["0.4050", "0.2643"]
+    assert cells[-2:] == ["0.4050", "0.2643"] and len(cells) == 12  # one protocol in the summaries: one pair
+
+
+def test_both_full_ranking_conventions_sit_beside_the_main_protocol_in_table_and_csv(tmp_path: Path) -> None:
+    metrics = {"uni100": {"HR@10": 0.5, "NDCG@10": 0.3}, "full": {"HR@10": 0.13, "NDCG@10": 0.061},
+               "full_excl": {"HR@10": 0.2, "NDCG@10": 0.1}}
+    baseline = {p: {"HR@10": v["HR@10"] / 2, "NDCG@10": v["NDCG@10"] / 2} for p, v in metrics.items()}
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text(json.dumps({
+        "status": "done", "config": {"name": "dense"}, "layout": {"tp": 1, "pp": 1, "dp": 1}, "steps": 3,
+        "samples_per_s": 10.0, "metrics": metrics, "baseline_most_popular": baseline}))
+    result = collect(tmp_path, make_plots=False)
+    lines = result["markdown"].splitlines()
+    header = [c.strip() for c in next(x for x in lines if x.startswith("| scheme |")).strip("|").split("|")]
+    assert header[-6:] == ["HR@10 uni100 [8]", "NDCG@10 uni100 [8]", "HR@10 full [8]", "NDCG@10 full [8]",
+                           "HR@10 full_excl [8]", "NDCG@10 full_excl [8]"]
+    row = [c.strip() for c in next(x for x in lines if x.startswith("| dense |")).strip("|").split("|")]
+    base = [c.strip() for c in next(x for x in lines if x.startswith("| most-popular")).strip("|").split("|")]
+    assert row[-6:] == ["0.5000", "0.3000", "0.1300", "0.0610", "0.2000", "0.1000"]
+    assert base[-6:] == ["0.2500", "0.1500", "0.0650", "0.0305", "0.1000", "0.0500"]
+    assert len(header) == len(row) == len(base)
+    csv_row = next(csv.DictReader(io.StringIO((result["out"] / "table.csv").read_text())))
+    assert (csv_row["protocol"], float(csv_row["hr_at_10"])) == ("uni100", 0.5)
+    assert float(csv_row["hr_at_10_full"]) == 0.13 and float(csv_row["ndcg_at_10_full_excl"]) == 0.1

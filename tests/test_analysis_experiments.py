@@ -76,6 +76,19 @@ def test_hier_vs_ring_compares_algorithms_at_two_and_four_nodes() -> None:
         assert {c.hydra.launcher.nodes for _, c in points} == {nodes}
 
 
+def test_demo_sweeps_sync_schemes_and_a_pipeline_layout_one_rank_per_node() -> None:
+    points = _points("demo")
+    schemes = {(c.allreduce.algorithm, c.compression.codec,
+                c.compression.ratio if c.compression.codec == "topk" else None, c.parallel.pp) for _, c in points}
+    assert schemes == {("flat", "none", None, 1), ("hierarchical", "none", None, 1), ("hierarchical", "topk", 0.01, 1),
+                       ("hierarchical", "topk", 0.1, 1), ("hierarchical", "none", None, 2)}
+    # one rank per node (slurm/demo.sh gives each node one CPU: one point at a time, timed alone);
+    # racks from Slurm's topology; compression only where the uplink is slow
+    assert {(c.hydra.launcher.nodes, c.hydra.launcher.tasks_per_node) for _, c in points} == {(4, 1)}
+    assert {(c.allreduce.topology, c.compression.hops) for _, c in points} == {("slurm", "cross_rack")}
+    assert len({c.name for _, c in points}) == len(points)
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "telemetry").glob("*.yaml")))
 def test_telemetry_group_files_match_the_schema(name: str) -> None:
     data = OmegaConf.load(CONF / "telemetry" / f"{name}.yaml")
