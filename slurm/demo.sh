@@ -20,7 +20,8 @@ reason=""
 command -v slurmctld >/dev/null || reason="Slurm is not installed (scripts/install.sh installs it as root)"
 if [ -n "$reason" ]; then
   echo "demo: no local Slurm cluster: $reason; running the sweep with hydra/launcher=local"
-  $PY -m jobs.train_job -m hydra/launcher=local "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single \
+  $PY -m jobs.train_job -m hydra/launcher=local hydra.launcher.nodes=1 hydra.launcher.tasks_per_node=1 \
+    "hydra.sweep.dir=$OUT" "${ARGS[@]}" allreduce.topology=single \
     "+experiment/demo_point=${LOCAL_POINTS:-hierarchical,hier_topk1pct,hier_topk10pct}"
   $PY -m analysis.collect "$OUT"   # prints the table, writes it and the plots to $OUT/analysis
   exit 0
