@@ -123,6 +123,29 @@ def bytes_vs_k(runs: list[Run], path: Path) -> Path | str:
     return _save(fig, path)
 
 
+def validation_curve(runs: list[Run], path: Path) -> Path | str:
+    """Validation HR@10 / NDCG@10 (both full-ranking conventions) against the step, per run, with the
+    best-validation step (whose weights gave the test metrics) marked."""
+    done = [r for r in runs if r.status == "done" and r.validation_curve]
+    if not done:
+        return "no finished run with a validation curve (train.eval_every=0)"
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+    for ax, name in zip(axes, ("HR@10", "NDCG@10")):
+        for run in done:
+            for protocol, style in (("full", "-"), ("full_excl", "--")):
+                points = [(p["step"], p["metrics"][protocol][name]) for p in run.validation_curve
+                          if name in (p.get("metrics") or {}).get(protocol, {})]
+                if points:
+                    ax.plot(*zip(*points), style, marker=".", label=f"{run.scheme} ({protocol})")
+            if run.best_step is not None:
+                ax.axvline(run.best_step, color="#888888", lw=0.8, ls=":")
+        ax.set_xlabel("training step (dotted: best validation step)")
+        ax.set_ylabel(f"validation {name}")
+        ax.set_title(f"Validation {name}, full ranking")
+    axes[1].legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    return _save(fig, path)
+
+
 def all_plots(runs: list[Run], out_dir: str | os.PathLike, protocol: str) -> dict[str, Path | str]:
     out = Path(out_dir)
     makers: dict[str, Callable[[], Path | str]] = {
@@ -131,6 +154,7 @@ def all_plots(runs: list[Run], out_dir: str | os.PathLike, protocol: str) -> dic
         "utilization.png": lambda: utilization(runs, out / "utilization.png"),
         "hr_vs_ratio.png": lambda: hr_vs_ratio(runs, out / "hr_vs_ratio.png", protocol),
         "bytes_vs_k.png": lambda: bytes_vs_k(runs, out / "bytes_vs_k.png"),
+        "validation_curve.png": lambda: validation_curve(runs, out / "validation_curve.png"),
     }
     results: dict[str, Path | str] = {}
     for name, make in makers.items():

@@ -47,6 +47,8 @@ class Run:
     summary_comm_share: float | None = None
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     baseline: dict[str, dict[str, float]] = field(default_factory=dict)  # most-popular on the same candidates
+    validation_curve: list[dict[str, Any]] = field(default_factory=list)  # summary.json validation.curve
+    best_step: int | None = None  # the step whose weights gave the test metrics (validation.best_step)
     ranks: int = 0
     steps_recorded: int = 0
     phase_share: dict[str, float] = field(default_factory=dict)
@@ -233,6 +235,9 @@ def load_run(run_dir: Path, skip_steps: int = 1) -> Run:
         run.summary_comm_share = summary.get("comm_share")
         run.metrics = summary.get("metrics") or {}
         run.baseline = summary.get("baseline_most_popular") or {}
+        validation = summary.get("validation") if isinstance(summary.get("validation"), dict) else {}
+        run.validation_curve = [p for p in validation.get("curve") or [] if isinstance(p, dict) and "step" in p]
+        run.best_step = validation.get("best_step")
         status = str(summary.get("status", ""))
         if status == "done":
             run.status, run.reason = "done", ""

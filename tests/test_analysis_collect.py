@@ -154,3 +154,22 @@ def test_both_full_ranking_conventions_sit_beside_the_main_protocol_in_table_and
     csv_row = next(csv.DictReader(io.StringIO((result["out"] / "table.csv").read_text())))
     assert (csv_row["protocol"], float(csv_row["hr_at_10"])) == ("uni100", 0.5)
     assert float(csv_row["hr_at_10_full"]) == 0.13 and float(csv_row["ndcg_at_10_full_excl"]) == 0.1
+
+
+def test_validation_curve_plot_comes_from_the_summary_curve(tmp_path: Path) -> None:
+    curve = [{"step": s, "metrics": {"full": {"HR@10": h, "NDCG@10": h / 2}, "full_excl": {"HR@10": h + .05,
+              "NDCG@10": h / 2 + .02}}, "value": h / 2, "best": h == .13, "seconds": .2}
+             for s, h in ((100, .07), (200, .11), (300, .13), (400, .12))]
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "summary.json").write_text(json.dumps({
+        "status": "done", "config": {"name": "ml100k"}, "layout": {"tp": 1, "pp": 1, "dp": 1}, "steps": 400,
+        "metrics": {"full": {"HR@10": .13, "NDCG@10": .065}},
+        "validation": {"curve": curve, "best_step": 300, "stopped": "steps"}}))
+    run = load_sweep(tmp_path)[0]
+    assert [p["step"] for p in run.validation_curve] == [100, 200, 300, 400] and run.best_step == 300
+    result = collect(tmp_path)
+    path = result["plots"]["validation_curve.png"]
+    assert isinstance(path, Path) and path.read_bytes()[:8] == PNG_SIGNATURE
+    assert np.ptp(matplotlib.image.imread(path)[..., :3]) > 0
+    (tmp_path / "0" / "summary.json").write_text(json.dumps({"status": "done", "config": {"name": "x"}}))
+    assert "no finished run with a validation curve" in collect(tmp_path)["plots"]["validation_curve.png"]
