@@ -312,11 +312,14 @@ def _running_progress(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def wait(sweep_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float = 3600.0, poll_s: float = 0.5,
-         final: frozenset[str] | set[str] = FINAL_STATES, report: Any = None) -> list[dict[str, Any]]:
+         final: frozenset[str] | set[str] = FINAL_STATES, report: Any = None,
+         settle_s: float = 10.0) -> list[dict[str, Any]]:
     """Poll `status` until every point's state is in `final` or `timeout_s` passes; returns the last rows.
+    A point failed only by its absence from the queue must stay so for `settle_s` first (`_only_absent`).
     `report(line)` is called whenever the per-state counts or a running point's progress (step, loss,
     ETA from its log) change."""
     deadline, seen = time.monotonic() + timeout_s, ""
+    unsettled_since: dict[str, float] = {}
     while True:
         notes: list[str] = []
         rows = status(sweep_dir, env, notes)
@@ -324,9 +327,20 @@ def wait(sweep_dir: Path, env: Mapping[str, str] | None = None, timeout_s: float
         if report is not None and line != seen:
             report(line)
             seen = line
-        if notes or all(row["state"] in final for row in rows) or time.monotonic() > deadline:
+        now = time.monotonic()
+        unsettled_since = {row["job_id"]: unsettled_since.get(row["job_id"], now) for row in rows
+                           if row["state"] == "failed" and _only_absent(row)}
+        settled = all(now - since >= settle_s for since in unsettled_since.values())
+        if notes or (settled and all(row["state"] in final for row in rows)) or now > deadline:
             return rows  # nothing more to learn from an unreachable Slurm
         time.sleep(poll_s)
+
+
+def _only_absent(row: Mapping[str, Any]) -> bool:
+    """A failure known only from the job's absence from squeue (no rank error, no summary): during a
+    requeue Slurm can drop a job from squeue for a moment (sacct then says FAILED, elapsed 0), so wait
+    reads it again before it believes it."""
+    return str(row.get("reason", "")).startswith(("slurm: ", "left the queue without a result"))
 
 
 def _print_rows(rows: list[dict[str, Any]]) -> None:

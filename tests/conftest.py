@@ -38,7 +38,7 @@ def slurm_cluster() -> Iterator[object]:
         yield cluster
     finally:
         problems = cluster.down()
-        if not problems:
+        if not problems and not os.environ.get("HYBRIDREC_KEEP_SLURM_LOGS"):
             shutil.rmtree(base, ignore_errors=True)
         else:  # keep the logs of a dirty teardown
             print(f"slurm teardown problems (logs kept in {base}): {problems}")

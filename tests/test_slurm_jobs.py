@@ -39,6 +39,25 @@ def _sweep_dir(tmp_path: Path, name: str) -> Path:
     return path
 
 
+def release_requeued(job_id: str, env: dict, timeout_s: float = 60.0) -> None:
+    """Start a requeued job now instead of after Slurm's ~2 min BeginTime hold, but only once the first
+    attempt has left every node: released while a node still finishes the old step, the new attempt
+    failed at once under load (sacct FAILED, exit 1:0, elapsed 0; 1 run in 3 with the CPUs busy)."""
+    deadline, state = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=env, capture_output=True,
+                               text=True, check=False).stdout.strip()
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True,
+                               check=False).stdout.split()
+        busy = [n for n in nodes if n.startswith(("alloc", "mix", "comp")) or "+comp" in n]
+        if state == "PENDING" and nodes and not busy:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True,
+                           timeout=30)
+            return
+        time.sleep(0.2)
+    pytest.fail(f"job {job_id} was not requeued onto free nodes (last state {state!r})")
+
+
 def test_two_nodes_two_tasks_allreduce_across_nodes_and_racks_from_topology(slurm_env, probe_conf, tmp_path):
     start = time.monotonic()
     sweep_dir = _sweep_dir(tmp_path, "ar")
@@ -133,20 +152,9 @@ def test_preemption_signal_checkpoints_requeues_and_resumes_with_one_result(slur
         time.sleep(0.2)
     assert len(_steps(first)) >= 3, "job did not start stepping"
     subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True, timeout=30)
-    # Slurm holds a requeued job for ~2 min (BeginTime); release it at once for the test
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=slurm_env, capture_output=True,
-                               text=True, check=False).stdout.strip()
-        if state.startswith("PENDING"):
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env,
-                           check=True, timeout=30)
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"job {job_id} was not requeued (last state {state!r})")
+    release_requeued(job_id, slurm_env)
     rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=90)
-    assert rows[0]["state"] == "done", rows
+    assert rows[0]["state"] == "done", f"{rows[0]['state']}: {rows[0].get('reason')} ({rows[0]})"
     before, after = _steps(first), _steps(out / "steps.attempt1.txt")
     checkpoint = json.loads((out / "probe_checkpoint.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -203,14 +211,7 @@ def test_real_trainer_preempted_resumes_from_the_signal_checkpoint(slurm_env, tm
         time.sleep(0.5)
     assert len(logged_steps()) >= 2, log.read_text() if log.exists() else "no log"
     subprocess.run(["scancel", "--signal=USR2", job_id], env=slurm_env, check=True, timeout=30)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], env=slurm_env, capture_output=True,
-                               text=True, check=False).stdout.strip()
-        if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=slurm_env, check=True)
-            break
-        time.sleep(0.3)
+    release_requeued(job_id, slurm_env, timeout_s=120)
     rows = sweep_mod.wait(sweep_dir, slurm_env, timeout_s=600)
     assert rows[0]["state"] == "done", rows
     text = log.read_text()

@@ -146,3 +146,16 @@ def test_sweep_wait_shows_a_running_point_step_loss_and_eta_from_its_log():
     assert point_progress(log, 100) == "step 25/100 loss 5.50000 eta 112 s"  # 75 steps x 1.5 s
     assert point_progress(log, None) == "step 25 loss 5.50000"
     assert point_progress("no progress yet\n", 100) is None
+
+
+def test_wait_reads_a_failure_known_only_from_absence_again() -> None:
+    from jobs.sweep import _only_absent, point_state
+
+    state, reason = point_state(None, None, [], "FAILED", "")  # gone from squeue, no result: mid-requeue?
+    assert state == "failed" and _only_absent({"reason": reason})
+    state, reason = point_state(None, None, [], None, "")
+    assert state == "failed" and _only_absent({"reason": reason})
+    state, reason = point_state(None, None, ["rank 1 on n2: RuntimeError: boom"], "FAILED", "")
+    assert state == "failed" and not _only_absent({"reason": reason})  # a rank said why: final at once
+    state, reason = point_state(None, {"status": "failed", "error": "DataError: x"}, [], "COMPLETED", "")
+    assert not _only_absent({"reason": reason})
