@@ -31,7 +31,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybridrec.distributed.spawn import run_ranks
-
 from hybridrec.io import atomic_write_json
 
 CONFIGS = {"hierarchical": ("none", 1.0), "hierarchical+topk1%": ("topk", 0.01)}

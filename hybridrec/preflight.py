@@ -225,7 +225,9 @@ def _check_comm(cfg: Any, layout: ParallelLayout | None, world_size: int) -> Ite
     if getattr(embedding, "enabled", False):
         from hybridrec.embedding.groups import validate_config
 
-        err = _guard(lambda: validate_config(embedding, world_size))
+        # the table's world is the data-parallel ranks (it is copied over tp: embedding.groups.across_tp)
+        table_world = layout.dp if layout is not None else world_size
+        err = _guard(lambda: validate_config(embedding, table_world))
         if err:
             yield err
         from hybridrec.embedding.groups import job_refusals

@@ -6,7 +6,10 @@
 - 4 ranks, E = 2, momentum-scaled row-wise AdaGrad with weight averaging: trains, evaluates, each
   rank holds ceil(items / 2) rows (the record's bytes are the accounting's), and resuming from the
   step-2 checkpoint gives the uninterrupted run's losses and metrics exactly;
-- E = 2 with gradient averaging through a compressed GradSync moves replica bytes each step.
+- E = 2 with gradient averaging through a compressed GradSync moves replica bytes each step;
+- under tp the table is copied over each replica's tp ranks: tp2 (E = 1) and tp2 x dp2 (E = 2) on Adam
+  reproduce megatron's own vocab-parallel table step for step; tp2 x dp2 with E = 1 (M = 2) and
+  weight averaging keeps the tp copies and the replicas identical and resumes exactly.
 """
 
 from __future__ import annotations
@@ -41,11 +44,69 @@ def test_replicated_table_on_adam_reproduces_the_megatron_table_loss_curve(tmp_p
     got = torchrun_job(tmp_path / "e1", 2, [*steps, "embedding=replicated", "embedding.optimizer=adam"],
                        tmp_path / "cache")
     assert "embedding" not in ref and got["embedding"]["group_size"] == 1 and got["embedding"]["replicas"] == 2
+    assert_same_curve(ref, got)
+
+
+def assert_same_curve(ref: dict, got: dict, rtol: float = 1e-6) -> None:
     for (step, a), (_, b) in zip(ref["loss_curve"], got["loss_curve"], strict=True):
-        assert abs(a - b) <= 1e-6 * abs(a), (step, a, b)
+        assert abs(a - b) <= rtol * abs(a), (step, a, b)
     assert ref["loss_curve"][-1][1] < ref["loss_curve"][0][1] - 0.05  # it trains: the comparison means something
     for protocol in ("full", "uni100"):
         assert abs(ref["metrics"][protocol]["HR@10"] - got["metrics"][protocol]["HR@10"]) < 1e-9
+
+
+def test_table_under_tp2_reproduces_megatrons_vocab_parallel_table(tmp_path: Path) -> None:
+    steps = ["train.steps=6", "train.save_final=false", "parallel=tp2"]
+    ref = torchrun_job(tmp_path / "off", 2, [*steps, "embedding=off"], tmp_path / "cache")
+    got = torchrun_job(tmp_path / "e1", 2, [*steps, "embedding=replicated", "embedding.optimizer=adam"],
+                       tmp_path / "cache")
+    rec = got["embedding"]
+    assert (rec["group_size"], rec["replicas"], rec["tp_copies"]) == (1, 1, 2)
+    assert_same_curve(ref, got)
+
+
+@pytest.mark.slow
+def test_table_sharded_under_tp2_x_dp2_reproduces_megatron(tmp_path: Path) -> None:
+    steps = ["train.steps=6", "train.save_final=false", "parallel=tp2", "parallel.dp=2"]
+    ref = torchrun_job(tmp_path / "off", 4, [*steps, "embedding=off"], tmp_path / "cache")
+    got = torchrun_job(tmp_path / "e2", 4, [*steps, "embedding=two_d", "embedding.group_size=2",
+                                            "embedding.optimizer=adam", "embedding.replica_sync=grad"],
+                       tmp_path / "cache")
+    rec, items = got["embedding"], got["data"]["num_items"]
+    assert (rec["group_size"], rec["replicas"], rec["tp_copies"]) == (2, 1, 2)
+    assert rec["max_rows_over_ranks"] == math.ceil(items / 2) and rec["alltoall_bytes_per_step_mean"] > 0
+    assert_same_curve(ref, got)
+
+
+@pytest.mark.slow
+def test_tp_copies_and_replicas_stay_identical_under_weight_averaging_and_resume(tmp_path: Path) -> None:
+    import torch
+
+    from hybridrec.embedding.checkpoint_table import full_word_embedding
+    from hybridrec.train import checkpoint
+
+    cache = tmp_path / "cache"
+    run = ["train.steps=4", "train.checkpoint_every=2", "parallel=tp2", "parallel.dp=2", "embedding=replicated",
+           "embedding.optimizer=momentum_scaled_rowwise_adagrad", "embedding.replica_sync=weights"]
+    full = torchrun_job(tmp_path / "full", 4, run, cache)
+    rec, items = full["embedding"], full["data"]["num_items"]
+    assert (rec["group_size"], rec["replicas"], rec["tp_copies"], rec["momentum_scale"]) == (1, 2, 2, 2.0)
+    assert rec["replica_sync_bytes_per_step_mean"] > 0 and full["loss_curve"][-1][1] < full["loss_curve"][0][1]
+    ckpt = checkpoint.step_dir(tmp_path / "full" / "checkpoints", 4)
+    tables = [torch.load(checkpoint.rank_file(ckpt, r), weights_only=False)["extra"]["embedding_table"]
+              for r in range(4)]
+    for r in range(1, 4):  # global ranks: dp * 2 + tp; every rank holds all rows, all alike
+        assert torch.equal(tables[0]["weight"], tables[r]["weight"]), r
+        assert torch.equal(tables[0]["optimizer"]["state"][0]["sum"], tables[r]["optimizer"]["state"][0]["sum"])
+    word = full_word_embedding(ckpt)  # extra rows from both tp slices, items from tp index 0's table
+    assert tuple(word.shape) == (full["data"]["vocab_size"], 32)
+    assert torch.equal(word[1:items + 1], tables[0]["weight"])
+
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "full" / "checkpoints" / "step_00000002", resumed_dir / "step_00000002")
+    resumed = torchrun_job(resumed_dir / "run", 4, [*run, f"train.resume={resumed_dir / 'step_00000002'}"], cache)
+    assert resumed["loss_curve"] == full["loss_curve"][2:]
+    assert resumed["metrics"] == full["metrics"]
 
 
 @pytest.mark.slow

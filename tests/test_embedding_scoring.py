@@ -85,7 +85,7 @@ def test_sharded_softmax_ce_and_counts_equal_the_unsharded_computation() -> None
 
 
 @pytest.mark.parametrize("override, field", [
-    ({"tp": 2}, "parallel.tp"), ({"pp": 2}, "parallel.pp"), ({"item_repr": "text"}, "model.item_repr"),
+    ({"pp": 2}, "parallel.pp"), ({"vpp": 2}, "parallel.vpp"), ({"item_repr": "text"}, "model.item_repr"),
     ({"mode": "local_sgd"}, "allreduce.mode"),
 ])
 def test_preflight_names_each_unsupported_combination_with_the_2d_table(override: dict, field: str) -> None:
@@ -100,3 +100,62 @@ def test_preflight_names_each_unsupported_combination_with_the_2d_table(override
     fields = [err.field for err in job_refusals(cfg)]
     assert fields == [field]
     assert job_refusals(RunConfig()) == [] or not RunConfig().embedding.enabled
+
+
+def test_tp_with_the_2d_table_passes_preflight_and_the_table_world_is_dp() -> None:
+    from hybridrec.config import RunConfig
+    from hybridrec.errors import ConfigError
+    from hybridrec.preflight import problems
+
+    cfg = RunConfig()
+    cfg.embedding.enabled, cfg.embedding.group_size, cfg.parallel.tp = True, 2, 2
+    assert problems(cfg, 4) == []  # tp2 x dp2: E = 2 divides dp = 2
+    cfg.embedding.group_size = 4  # E must divide dp (2), not the world (4)
+    errs = problems(cfg, 4)
+    assert [e.field for e in errs] == ["embedding.group_size"] and isinstance(errs[0], ConfigError)
+    assert "world size 2" in str(errs[0])
+
+
+def test_across_tp_gives_each_tp_index_its_own_copy_of_the_groups() -> None:
+    from hybridrec.config import RunConfig
+    from hybridrec.distributed.layout import ParallelLayout
+    from hybridrec.embedding.groups import EmbeddingGroups, across_tp
+
+    groups = EmbeddingGroups.build(4, 2)  # dp = 4, E = 2
+    assert across_tp(groups.sharding_groups(), 1) == [[0, 1], [2, 3]]
+    got = across_tp(groups.sharding_groups(), 2)
+    assert got == [[0, 2], [4, 6], [1, 3], [5, 7]]
+    par = RunConfig().parallel
+    par.tp, par.dp = 2, 4
+    layout = ParallelLayout.build(par, 8, 256)
+    for group in got:  # every group holds one tp index and distinct dp ranks, in megatron's rank order
+        coords = [layout.coords(r) for r in group]
+        assert len({c.tp for c in coords}) == 1 and [c.dp for c in coords] == sorted({c.dp for c in coords})
+    assert sorted(r for g in across_tp(groups.replica_groups(), 2) for r in g) == list(range(8))
+
+
+def _whole_extra_rows_worker(rank: int, world: int) -> None:
+    from megatron.core import parallel_state as ps
+
+    from hybridrec.distributed import backend
+    from hybridrec.model.sharded_output import padded_extra_rows, whole_extra_rows
+
+    backend.cpu().prepare()  # megatron's CPU patches: its gather allocates on torch.cuda.current_device()
+    ps.initialize_model_parallel(tensor_model_parallel_size=2)
+    try:
+        full = torch.arange(padded_extra_rows(3, 2) * 2, dtype=torch.float32).reshape(4, 2)  # 3 rows + 1 pad
+        weight = torch.nn.Parameter(full.chunk(2)[rank].clone())
+        scale = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])  # the same loss on both tp ranks
+        rows = whole_extra_rows(weight, 3, 2)
+        assert torch.equal(rows, full[:3])
+        (rows * scale).sum().backward()
+        expected = torch.cat([scale, torch.zeros(1, 2)]).chunk(2)[rank]  # the slice, not tp x the slice
+        assert torch.equal(weight.grad, expected), (rank, weight.grad, expected)
+    finally:
+        ps.destroy_model_parallel()
+
+
+def test_whole_extra_rows_under_tp_gathers_the_slices_and_splits_the_gradient_back() -> None:
+    from hybridrec.distributed.spawn import run_ranks
+
+    run_ranks(_whole_extra_rows_worker, 2, timeout_s=120)

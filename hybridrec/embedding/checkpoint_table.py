@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from hybridrec.embedding.groups import EmbeddingGroups, RowSharding
+from hybridrec.embedding.groups import EmbeddingGroups, RowSharding, across_tp
 from hybridrec.errors import DataError
 
 WORD_EMBEDDING_KEY = "embedding.word_embeddings.weight"
@@ -30,14 +30,18 @@ def full_word_embedding(ckpt: str | Path) -> torch.Tensor:
     if table is None:
         raise DataError(ckpt, "no 2D item table in this checkpoint (saved with embedding.enabled=false)")
     lay = table["layout"]
-    groups = EmbeddingGroups.build(manifest["world_size"], lay["group_size"], lay["placement"])
+    tp = int(manifest.get("layout", {}).get("tp", 1))
+    groups = EmbeddingGroups.build(manifest["world_size"] // tp, lay["group_size"], lay["placement"])
     sharding = RowSharding(lay["num_items"], groups.group_size, lay["row_sharding"])
     vocab = int(manifest["vocab_size"])
-    extra = first["trainer"]["model"][0][WORD_EMBEDDING_KEY]
+    # the extra rows: megatron's vocab-parallel slices on global ranks 0..tp-1 (dp rank 0), then padding
+    slices = [first if r == 0 else _load_file(rank_file(ckpt, r)) for r in range(tp)]
+    extra = torch.cat([f["trainer"]["model"][0][WORD_EMBEDDING_KEY] for f in slices])
+    extra = extra[: vocab - lay["num_items"]]
     full = torch.empty(vocab, extra.shape[1], dtype=extra.dtype)
     full[0] = extra[0]
     full[lay["num_items"] + 1:] = extra[1:]
-    for position, rank in enumerate(groups.sharding_groups()[0]):
+    for position, rank in enumerate(across_tp(groups.sharding_groups(), tp)[0]):  # tp index 0's copy
         payload = first if rank == 0 else _load_file(rank_file(ckpt, rank))
         rows = torch.from_numpy(sharding.global_rows(position))
         full[rows + 1] = payload["extra"]["embedding_table"]["weight"]

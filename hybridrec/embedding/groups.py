@@ -142,6 +142,18 @@ class RowSharding:
         return local * self.num_shards + shard if self.scheme == "modulo" else local + shard * self.block
 
 
+def across_tp(group_lists: list[list[int]], tp: int) -> list[list[int]]:
+    """The table's groups, given over data-parallel ranks, as global ranks: one copy per tp index.
+
+    Under tp the table lives outside megatron's tensor parallelism: every tp rank of a data-parallel
+    replica sees the same batch, hidden states and gradients, so it holds the same rows as its tp
+    peers and joins the groups of its own tp index. With pp = 1 megatron's rank order puts tp fastest,
+    so dp rank d at tp index t is global rank d * tp + t."""
+    if tp < 1:
+        raise ConfigError("parallel.tp", tp, "a positive integer")
+    return [[d * tp + t for d in group] for t in range(tp) for group in group_lists]
+
+
 OPTIMIZERS = ("rowwise_adagrad", "momentum_scaled_rowwise_adagrad", "adam")
 SYNC_MODES = ("grad", "weights")
 
@@ -178,16 +190,16 @@ def momentum_scale(cfg, groups: EmbeddingGroups) -> float:
 def job_refusals(cfg) -> list[ConfigError]:
     """Combinations the job's 2D table does not support yet, each named (a `RunConfig`; pure).
 
-    The trainer wiring (hybridrec.embedding.wiring) covers data parallelism (tp = pp = 1) with
-    item ids; the table on the first and last pipeline stages, vocab-parallel scoring under tp and
-    text-fused item rows are not built."""
+    The trainer wiring (hybridrec.embedding.wiring) covers data parallelism and tp x dp (the table
+    copied over the tp ranks of each replica, `across_tp`) with item ids; the table on the first and
+    last pipeline stages and text-fused item rows are not built."""
     par, out = cfg.parallel, []
-    why = "the 2D item table (embedding.enabled=true) runs with parallel=auto_dp / dpN only"
-    for name in ("tp", "pp", "vpp"):
+    for name in ("pp", "vpp"):
         if getattr(par, name) != 1:
             out.append(ConfigError(f"parallel.{name}", getattr(par, name),
-                                   f"1 with embedding.enabled=true: {why} (tp x pp x dp with the table on the "
-                                   "first/last stages is not built; use embedding=off for tp/pp layouts)"))
+                                   "1 with embedding.enabled=true: the 2D item table runs with dp and tp x dp "
+                                   "layouts; the table on the first/last pipeline stages is not built (use "
+                                   "embedding=off for pp layouts)"))
     if cfg.model.item_repr != "id":
         out.append(ConfigError("model.item_repr", cfg.model.item_repr,
                                "'id' with embedding.enabled=true: item text (text / text+id) fuses an encoder "

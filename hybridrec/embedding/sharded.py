@@ -65,14 +65,18 @@ class EmbeddingProcessGroups:
     replica: object  # torch ProcessGroup of my replica group
 
 
-def create_process_groups(groups: EmbeddingGroups, rank: int) -> EmbeddingProcessGroups:
-    """Create every sharding and replica group (all ranks, same order); return mine."""
+def create_process_groups(groups: EmbeddingGroups, rank: int, tp: int = 1) -> EmbeddingProcessGroups:
+    """Create every sharding and replica group (all ranks, same order); return mine.
+
+    `rank` is global; under tp each tp index gets its own copy of the groups (`across_tp`)."""
+    from hybridrec.embedding.groups import across_tp
+
     mine_shard = mine_replica = None
-    for ranks in groups.sharding_groups():
+    for ranks in across_tp(groups.sharding_groups(), tp):
         pg = dist.new_group(ranks)
         if rank in ranks:
             mine_shard = pg
-    for ranks in groups.replica_groups():
+    for ranks in across_tp(groups.replica_groups(), tp):
         pg = dist.new_group(ranks)
         if rank in ranks:
             mine_replica = pg

@@ -1,9 +1,10 @@
 """The job's item table under 2D sparse parallelism (`embedding.enabled=true`): `TrainerTable`.
 
-Owns, for one rank of a data-parallel job (tp = pp = 1):
+Owns, for one rank of a data-parallel or tp x dp job (pp = 1; under tp every tp rank of a replica
+holds the same rows as its tp peers, in the groups of its own tp index: `groups.across_tp`):
 
 * the item rows 1..num_items of the vocabulary as a `ShardedEmbedding` (row = item id - 1) sharded
-  over the E ranks of this rank's sharding group and replicated over the M = world / E groups;
+  over the E ranks of this rank's sharding group and replicated over the M = dp / E groups;
   the few other vocabulary ids (padding 0 and the pad ids above num_items, `ItemVocab.extra_ids`)
   stay a small dense parameter of the model (`hybridrec.model.sharded_output`), trained with it;
 * the input lookup (all-to-all inside the sharding group) and the tied output scoring
@@ -109,13 +110,14 @@ class TrainerTable:
 
     def __init__(self, cfg: Any, train_cfg: Any, vocab: ItemVocab, dim: int, rank: int, world_size: int,
                  rack_map: Any = None, allreduce: Any = None, compression: Any = None,
-                 init_std: float = 0.02, init_seed: int = 0):
+                 init_std: float = 0.02, init_seed: int = 0, tp: int = 1):
         from hybridrec.embedding.sharded import ShardedEmbedding, create_process_groups
 
-        self.cfg, self.vocab, self.dim, self.rank = cfg, vocab, dim, rank
-        self.groups = validate_config(cfg, world_size)
-        self.pgs = create_process_groups(self.groups, rank)
-        self.lookup = ShardedEmbedding(vocab.num_items, dim, self.groups, rank, self.pgs, cfg.row_sharding,
+        self.cfg, self.vocab, self.dim, self.rank, self.tp = cfg, vocab, dim, rank, tp
+        self.dp_rank = rank // tp  # pp = 1: global rank = dp rank * tp + tp index (megatron's order)
+        self.groups = validate_config(cfg, world_size // tp)
+        self.pgs = create_process_groups(self.groups, rank, tp)
+        self.lookup = ShardedEmbedding(vocab.num_items, dim, self.groups, self.dp_rank, self.pgs, cfg.row_sharding,
                                        cfg.dedup, cfg.replica_sync, cfg.init_std, init_seed,
                                        layout_independent_init=False, replica_sync=_NoSync())
         items, self.extra_init = _initial_rows(self.lookup.global_rows(), vocab.num_items, vocab, dim, init_std,
@@ -124,7 +126,7 @@ class TrainerTable:
             self.lookup.weight.copy_(items)
         self.weight = self.lookup.weight
         self.grad_buffer = torch.zeros_like(self.weight)
-        position = self.groups.shard_rank(rank)
+        position = self.groups.shard_rank(self.dp_rank)
         extra = vocab.extra_ids() if position == 0 else None
         self.columns = ShardColumns(torch.from_numpy(self.lookup.global_rows()) + 1, extra, vocab.vocab_size)
         self.scores_extra = extra is not None
@@ -155,10 +157,11 @@ class TrainerTable:
         from hybridrec.distributed.allreduce.groups import build_comm_groups
         from hybridrec.distributed.compression import make_codec
         from hybridrec.distributed.grad_sync import GradSync
+        from hybridrec.embedding.groups import across_tp
         from hybridrec.topology import RackMap
 
-        rack_map = rack_map if rack_map is not None else RackMap.single(self.groups.world_size)
-        comm = build_comm_groups(self.groups.replica_groups(), rack_map, self.rank)
+        rack_map = rack_map if rack_map is not None else RackMap.single(self.groups.world_size * self.tp)
+        comm = build_comm_groups(across_tp(self.groups.replica_groups(), self.tp), rack_map, self.rank)
         algorithm = "flat" if allreduce is None or str(allreduce.algorithm) == "megatron" else str(allreduce.algorithm)
         kwargs: dict[str, Any] = {"algorithm": algorithm, "mode": "sync", "counter": ByteCounter(rack_map, self.rank)}
         if allreduce is not None:
@@ -273,6 +276,7 @@ class TrainerTable:
         return {
             **self.layout(),
             "momentum_scale": self.momentum_scale,
+            "tp_copies": self.tp,  # the table is copied over the tp ranks of each replica
             "rows_per_rank": int(self.weight.shape[0]),
             "max_rows_per_rank": acct["rows_per_rank"],
             "rows_bound_ceil_items_over_E": math.ceil(self.vocab.num_items / self.groups.group_size),

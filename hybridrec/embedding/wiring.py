@@ -14,14 +14,14 @@ def build_table(job: Any) -> Any:
     from hybridrec.errors import ConfigError
 
     cfg = job.cfg
-    if job.device.type != "cpu":  # ShardedEmbedding's exchange buffers are CPU tensors (gloo) for now
+    if job.device.type != "cpu":  # the table's rows, gradient buffer and exchange are made on the host
         raise ConfigError("train.device", job.device.type,
-                          "cpu with embedding.enabled=true (the 2D table's all-to-all and scoring buffers are "
-                          "CPU/gloo tensors; the device-agnostic exchange is issue 14's)")
+                          "cpu with embedding.enabled=true (the 2D table keeps its rows and exchange buffers on "
+                          "the host and its lookup has not run on a GPU; use embedding=off on GPUs)")
     vocab = ItemVocab(job.shape.num_items, job.shape.vocab_size)
     return TrainerTable(cfg.embedding, cfg.train, vocab, cfg.model.hidden_size, job.rank, job.env.world_size,
                         rack_map=job.comm.rack_map, allreduce=cfg.allreduce, compression=cfg.compression,
-                        init_std=cfg.model.init_std, init_seed=cfg.model.init_seed)
+                        init_std=cfg.model.init_std, init_seed=cfg.model.init_seed, tp=job.layout.tp)
 
 
 def finalize_with_table(base: Callable[..., None] | None, table: Any) -> Callable[..., None]:

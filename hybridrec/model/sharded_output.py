@@ -13,8 +13,11 @@ part) built with the *extra* vocabulary rows only (padding id 0 and the pad ids 
   are the same table rows and extra rows); without labels the model returns hidden states
   (b, s, h), which `evaluate_2d` scores shard by shard.
 
-Only tp = pp = 1 (preflight refuses the rest). Initial weights equal the unsharded model's: the
-word embedding's full initial tensor is cut into the table's rows and the extra rows.
+pp = 1 (preflight refuses pipelines). Under tp the extra rows are megatron's vocab-parallel word
+embedding (padded to a multiple of tp), gathered whole for the scoring, which every tp rank computes
+alike (hidden states and the table are the same on the tp ranks of a replica: its gradient is the
+slice, not a sum). Initial weights equal the unsharded model's: the word embedding's full initial
+tensor is cut into the table's rows and the extra rows.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def _define(base: type) -> type:
         """GPTModel whose item rows (input lookup and tied scoring) are a `TrainerTable`."""
 
         def __init__(self, *args: Any, table: Any, **kwargs: Any):
-            super().__init__(*args, vocab_size=table.vocab.num_extra, **kwargs)
+            super().__init__(*args, vocab_size=padded_extra_rows(table.vocab.num_extra, table.tp), **kwargs)
             object.__setattr__(self, "item_table", table)  # not a submodule: outside DDP and the optimizer
             self._ids: torch.Tensor | None = None
             words = self.embedding.word_embeddings
@@ -74,27 +77,51 @@ def _define(base: type) -> type:
         def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
             hidden = logits.transpose(0, 1)  # the pass-through output: [s, b, h] -> [b, s, h]
             b, s, h = hidden.shape
-            loss = self.item_table.loss(hidden.reshape(b * s, h), labels.reshape(-1),
-                                        self.embedding.word_embeddings.weight)
+            loss = self.item_table.loss(hidden.reshape(b * s, h), labels.reshape(-1), self.extra_rows())
             return loss.reshape(b, s)
+
+        def extra_rows(self) -> torch.Tensor:
+            """The extra vocabulary rows (num_extra, h), whole on every tp rank."""
+            return whole_extra_rows(self.embedding.word_embeddings.weight, self.item_table.vocab.num_extra,
+                                    self.item_table.tp)
 
     return TwoDTableGPTModel
 
 
+def whole_extra_rows(weight: torch.Tensor, num_extra: int, tp: int) -> torch.Tensor:
+    """This tp rank's slice of the extra rows -> all `num_extra` rows (padding dropped). Every tp rank
+    scores alike, so the gathered rows' gradient is split back to the slices, not summed over tp."""
+    if tp > 1:
+        from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
+
+        weight = gather_from_sequence_parallel_region(weight, tensor_parallel_output_grad=False)
+    return weight[:num_extra]
+
+
+def padded_extra_rows(num_extra: int, tp: int) -> int:
+    """Rows of the dense extra table: megatron's vocab-parallel embedding splits them evenly over tp."""
+    return -(-num_extra // tp) * tp
+
+
 def build_chunks_2d(cfg: Any, shape: Any, tconfig: Any, device: torch.device, table: Any) -> list[torch.nn.Module]:
-    """The one chunk of a tp = pp = 1 job with the 2D table, initialised like `sasrec.build_chunks`."""
+    """The one chunk of a pp = 1 job with the 2D table, initialised like `sasrec.build_chunks`."""
+    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     chunk = model_class()(
         config=tconfig, transformer_layer_spec=get_gpt_layer_local_spec(), max_sequence_length=shape.max_seq_len,
         pre_process=True, post_process=True, parallel_output=True, share_embeddings_and_output_weights=True,
         position_embedding_type="learned_absolute", table=table)
+    tp_size, tp_rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
     infos = [info if info.global_name != P.WORD_EMBEDDING else
-             P.ParamInfo(info.local_name, EXTRA_ROWS, None, 1, 0, info.local_shape)
-             for info in P.param_infos(chunk, 1, 0, tied_output=True)]
+             P.ParamInfo(info.local_name, EXTRA_ROWS, info.partition_dim, tp_size, tp_rank, info.local_shape)
+             for info in P.param_infos(chunk, tp_size, tp_rank, tied_output=True)]
     P.initialize_chunk(chunk, [i for i in infos if i.global_name != EXTRA_ROWS], cfg.init_std, cfg.init_seed)
+    extra = table.extra_init
+    padded = torch.zeros(padded_extra_rows(extra.shape[0], tp_size), extra.shape[1], dtype=extra.dtype)
+    padded[: extra.shape[0]] = extra  # pad rows: never looked up, never scored
     with torch.no_grad():
-        chunk.embedding.word_embeddings.weight.copy_(table.extra_init)
+        chunk.embedding.word_embeddings.weight.copy_(padded.chunk(tp_size)[tp_rank])
     chunk.to(device)
     chunk.hybridrec_param_infos = infos  # type: ignore[attr-defined]
     return [chunk]
