@@ -9,7 +9,9 @@
 - E = 2 with gradient averaging through a compressed GradSync moves replica bytes each step;
 - under tp the table is copied over each replica's tp ranks: tp2 (E = 1) and tp2 x dp2 (E = 2) on Adam
   reproduce megatron's own vocab-parallel table step for step; tp2 x dp2 with E = 1 (M = 2) and
-  weight averaging keeps the tp copies and the replicas identical and resumes exactly.
+  weight averaging keeps the tp copies and the replicas identical and resumes exactly;
+- with validation and early stopping the table's rows are part of the best weights: the test metrics
+  of an early-stopped run equal those of a run trained exactly to its best step.
 """
 
 from __future__ import annotations
@@ -161,3 +163,16 @@ def test_gradient_averaging_goes_through_the_compressed_grad_sync(tmp_path: Path
     assert rec["replica_sync"] == "grad" and rec["replica_sync_engine"] == "flat fp16 sync"
     # ring all-reduce of the fp16 shard gradient over M = 2 replicas: 2 (M-1)/M x rows x dim x 2 bytes
     assert rec["replica_sync_bytes_per_step_mean"] == pytest.approx(rec["rows_per_rank"] * 32 * 2, rel=0.01)
+
+
+@pytest.mark.slow
+def test_best_validation_weights_include_the_tables_rows(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    table = ["embedding=two_d", "embedding.group_size=2", "embedding.optimizer=adam", "train.lr=0.01",
+             "train.save_final=false"]
+    a = torchrun_job(tmp_path / "a", 2, [*table, "train.steps=60", "train.eval_every=5", "train.patience=2"], cache)
+    val = a["validation"]
+    assert val["early_stopped"] and val["test_weights"] == "best" and val["best_step"] < a["steps"]
+    b = torchrun_job(tmp_path / "b", 2, [*table, f"train.steps={val['best_step']}"], cache)
+    assert "validation" not in b and a["metrics"] == b["metrics"]  # best dense weights *and* best table rows
+    assert a["metrics_last_step"] != a["metrics"]

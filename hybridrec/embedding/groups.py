@@ -210,9 +210,4 @@ def job_refusals(cfg) -> list[ConfigError]:
         out.append(ConfigError("allreduce.mode", str(cfg.allreduce.mode),
                                "sync with embedding.enabled=true (the table's replica sync is synchronous; "
                                "embedding.replica_sync=weights is its local-step mode)"))
-    train = cfg.train
-    if getattr(train, "eval_every", 0) > 0 and getattr(train, "keep_best", False):
-        out.append(ConfigError("train.keep_best", True,
-                               "false with embedding.enabled=true and train.eval_every > 0: the best-validation "
-                               "weights are kept for the dense model only, not for the table's rows"))
     return out

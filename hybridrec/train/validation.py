@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 Metrics = dict[str, dict[str, float]]
 
+TABLE_ROWS = "item_table.rows"  # the 2D table's shard among the best weights (not a megatron name)
+
 
 @dataclass
 class EarlyStopping:
@@ -77,11 +79,12 @@ class ValidationHook:
 
     def __init__(self, evaluate: Callable[[Sequence[torch.nn.Module]], Metrics], *, eval_every: int,
                  total_steps: int, select_metric: str = "full/NDCG@10", patience: int = 0, min_delta: float = 0.0,
-                 keep_best: bool = True, clock: Callable[[], float] = time.perf_counter):
+                 keep_best: bool = True, clock: Callable[[], float] = time.perf_counter, table: Any = None):
         if eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {eval_every}")
         self.evaluate, self.eval_every, self.total_steps = evaluate, eval_every, total_steps
         self.select_metric, self.keep_best, self.clock = select_metric, keep_best, clock
+        self.table = table  # the 2D item table (embedding.enabled): its rows are part of the best weights
         self.stopping = EarlyStopping(patience, min_delta)
         self.curve: list[dict[str, Any]] = []
         self.stopped: str | None = None
@@ -112,7 +115,7 @@ class ValidationHook:
                                     mask_padding_keys=cfg.model.mask_padding_keys, device=device, table=table)
 
         return cls(evaluate, eval_every=train.eval_every, total_steps=train.steps, select_metric=train.select_metric,
-                   patience=train.patience, min_delta=train.min_delta, keep_best=train.keep_best)
+                   patience=train.patience, min_delta=train.min_delta, keep_best=train.keep_best, table=table)
 
     # -- the step hook ------------------------------------------------------------------------------
     def due(self, step: int) -> bool:
@@ -149,10 +152,10 @@ class ValidationHook:
         return f"valid  step {point['step']:6d}  {cells}  ({best}; {point['seconds']:.2f}s)"
 
     # -- best weights -------------------------------------------------------------------------------
-    @staticmethod
-    def _params(trainer: Any) -> list[dict[str, torch.Tensor]]:
+    def _params(self, trainer: Any) -> list[dict[str, torch.Tensor]]:
         """This rank's parameters per chunk by global name (local name where the model has no
-        `hybridrec_param_infos`), so a model rebuilt with another pipeline split never matches."""
+        `hybridrec_param_infos`), so a model rebuilt with another pipeline split never matches; with the
+        2D table its shard of item rows joins the first chunk (the table is outside the chunks)."""
         from hybridrec.model.sasrec import unwrap
 
         out = []
@@ -160,6 +163,8 @@ class ValidationHook:
             model = unwrap(chunk)
             names = {info.local_name: info.global_name for info in getattr(model, "hybridrec_param_infos", [])}
             out.append({names.get(name, name): p for name, p in model.named_parameters()})
+        if self.table is not None:
+            out[0][TABLE_ROWS] = self.table.weight
         return out
 
     def _fits(self, live: list[dict[str, torch.Tensor]]) -> bool:
