@@ -158,4 +158,4 @@ def _whole_extra_rows_worker(rank: int, world: int) -> None:
 def test_whole_extra_rows_under_tp_gathers_the_slices_and_splits_the_gradient_back() -> None:
     from hybridrec.distributed.spawn import run_ranks
 
-    run_ranks(_whole_extra_rows_worker, 2, timeout_s=120)
+    run_ranks(_whole_extra_rows_worker, 2, timeout_s=120, start_method="spawn")  # forked after earlier tests: SIGSEGV
