@@ -11,6 +11,8 @@ step time (train_s / steps) and HR@10 / NDCG@10. Layouts (`--layouts`, comma lis
     e2           E = 2, replica_sync=weights, momentum-scaled row-wise AdaGrad (c = M): the paper's 2D
     e2_plain     E = 2, replica_sync=weights, plain row-wise AdaGrad (c = 1): the ablation
     full         E = world (full sharding), row-wise AdaGrad
+    tp2_off      tp = 2 x dp = world / 2, megatron's vocab-parallel table (Adam)
+    tp2_e2       tp = 2 x dp = world / 2, E = 2 over the dp ranks (copied over tp), row-wise AdaGrad
 
 Then prints the per-rank table memory at `--rows` x `--dim` (default 5M x 64) from the trainer's
 own accounting (`hybridrec.embedding.trainer_table.table_accounting`) for every E.
@@ -43,6 +45,8 @@ def layouts(world: int) -> dict[str, list[str]]:
         "e2": ["embedding=two_d", "embedding.group_size=2"],
         "e2_plain": ["embedding=two_d", "embedding.group_size=2", *rowwise],
         "full": ["embedding=full_shard", f"embedding.group_size={world}", *rowwise],
+        "tp2_off": ["parallel.tp=2", "embedding=off"],
+        "tp2_e2": ["parallel.tp=2", "embedding=two_d", "embedding.group_size=2", *rowwise],
     }
 
 
